@@ -1,0 +1,206 @@
+"""The BERT encoder as pure-functional Flax (linen) modules.
+
+Parameter names mirror HuggingFace's `BertModel` (`embeddings/word_embeddings`,
+`encoder/layer_0/attention/self/query`, ...), so converting a PyTorch checkpoint is a rename table
+plus transposes of dense kernels (see `bert_jax.convert`).
+
+Shapes: B = batch, T = sequence length, D = hidden size, N = heads, H = head size (D = N * H).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.config import BertConfig
+
+_ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's exact erf GELU
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+}
+
+
+def _dtypes(config: BertConfig) -> dict[str, Any]:
+    return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
+
+
+def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, name=name,
+                    kernel_init=nn.initializers.normal(stddev=0.02), **_dtypes(config))
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    # Statistics in float32 even when computing in bfloat16, as PyTorch autocast does.
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, name=name, **_dtypes(config))
+
+
+@flax.struct.dataclass
+class BertOutput:
+    """`last_hidden_state` [B, T, D] and `pooler_output` [B, D] (tanh(dense([CLS])))."""
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None
+
+
+class BertEmbeddings(nn.Module):
+    """Token + position + segment embeddings, LayerNorm, dropout: ids [B, T] -> [B, T, D]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool = True):
+        cfg = self.config
+        init = nn.initializers.normal(stddev=0.02)
+
+        def embed(num, name):
+            return nn.Embed(num, cfg.hidden_size, embedding_init=init, name=name, **_dtypes(cfg))
+
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
+             + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
+             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
+        x = _layer_norm(cfg)(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention through `jax.nn.dot_product_attention`: [B, T, D] -> [B, T, D].
+
+    The padding mask comes from `attention_mask` [B, T] (1 = token, 0 = padding). With the "xla"
+    implementation and dropout active, attention probabilities get dropout as in PyTorch BERT (an
+    explicit softmax path); "cudnn" takes the padding as sequence lengths (right padding) and has
+    no attention-probability dropout.
+    """
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+        cfg = self.config
+        batch, length, _ = hidden.shape
+        split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+        q = split(_dense(cfg, cfg.hidden_size, "query")(hidden))
+        k = split(_dense(cfg, cfg.hidden_size, "key")(hidden))
+        v = split(_dense(cfg, cfg.hidden_size, "value")(hidden))
+        keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
+        probs_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
+        if cfg.attention_impl == "cudnn":
+            lengths = attention_mask.sum(-1).astype(jnp.int32)
+            out = jax.nn.dot_product_attention(
+                q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                implementation="cudnn")
+            # cuDNN zeroes padded query rows; XLA does not. Only unpadded rows are meaningful.
+        elif probs_dropout:
+            out = nn.dot_product_attention(
+                q, k, v, mask=keep, dropout_rng=self.make_rng("dropout"),
+                dropout_rate=cfg.attention_probs_dropout_prob, deterministic=False,
+                broadcast_dropout=False, dtype=q.dtype)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=keep, implementation="xla")
+        return out.reshape(batch, length, cfg.hidden_size)
+
+
+class BertDenseOutput(nn.Module):
+    """Dense, dropout, residual add, LayerNorm (HF's `attention.output` and `output`)."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool = True):
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, "dense")(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(cfg)(x + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention, then output projection, dropout, add & norm: [B, T, D] -> [B, T, D]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+        attended = BertSelfAttention(self.config, name="self")(hidden, attention_mask, deterministic)
+        return BertDenseOutput(self.config, name="output")(attended, hidden, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    """Feed-forward expansion with the configured activation: [B, T, D] -> [B, T, intermediate]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden):
+        cfg = self.config
+        return _ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "dense")(hidden))
+
+
+class BertLayer(nn.Module):
+    """One encoder layer: attention, add & norm, GELU feed-forward, add & norm. [B, T, D]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+        cfg = self.config
+        hidden = BertAttention(cfg, name="attention")(hidden, attention_mask, deterministic)
+        inner = BertIntermediate(cfg, name="intermediate")(hidden)
+        return BertDenseOutput(cfg, name="output")(inner, hidden, deterministic)
+
+
+class BertEncoder(nn.Module):
+    """The stack of `num_hidden_layers` layers (`encoder/layer_0` ...): [B, T, D] -> [B, T, D]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+        for i in range(self.config.num_hidden_layers):
+            hidden = BertLayer(self.config, name=f"layer_{i}")(hidden, attention_mask, deterministic)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(hidden[:, 0])): the [CLS] pooler, [B, T, D] -> [B, D]."""
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden):
+        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(hidden[:, 0]))
+
+
+class BertModel(nn.Module):
+    """BERT: embeddings, encoder, optional [CLS] pooler.
+
+    `apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)`
+    with int arrays [B, T] returns `BertOutput`. Dropout is active only with
+    `deterministic=False` and a `dropout` rng (`rngs={"dropout": key}`).
+    """
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True) -> BertOutput:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        hidden = BertEmbeddings(self.config, name="embeddings")(
+            input_ids, token_type_ids, deterministic)
+        hidden = BertEncoder(self.config, name="encoder")(hidden, attention_mask, deterministic)
+        pooled = BertPooler(self.config, name="pooler")(hidden) if self.add_pooling_layer else None
+        return BertOutput(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of `hidden` [B, T, D] over unpadded positions of `attention_mask` [B, T] -> [B, D].
+
+    Computed in float32; rows with no tokens give zeros.
+    """
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    total = (hidden.astype(jnp.float32) * mask).sum(axis=1)
+    return total / jnp.maximum(mask.sum(axis=1), 1e-9)
+
+
+def init_params(config: BertConfig, rng: jax.Array, add_pooling_layer: bool = True) -> Any:
+    """Randomly initialised parameters (BERT's normal(0.02) init) for `config`."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return BertModel(config, add_pooling_layer).init(rng, ids, jnp.ones_like(ids), ids)["params"]

@@ -1,0 +1,123 @@
+"""WordPiece tokenization through the `tokenizers` library (BERT uncased rules).
+
+`Tokenizer(texts, texts_pair=None, max_length=128)` returns numpy int32 arrays padded to a length
+the caller chooses; `encode_ids` returns unpadded id arrays for the data pipeline, which pads each
+batch to a length bucket itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+
+class Tokenizer:
+    """BERT WordPiece tokenizer built from a `vocab.txt` (one token a line, id = line number).
+
+    Normalisation is BERT's: clean control characters, split CJK characters, strip accents and
+    lowercase (when `lowercase`). Single sentences become `[CLS] a [SEP]`; pairs become
+    `[CLS] a [SEP] b [SEP]` with `token_type_ids` 0 for the first segment and 1 for the second.
+    """
+
+    def __init__(self, vocab_file: str | Path, lowercase: bool = True,
+                 strip_accents: bool | None = None):
+        vocab_file = Path(vocab_file)
+        if not vocab_file.is_file():
+            raise FileNotFoundError(f"{vocab_file}: no vocab.txt there")
+        vocab = {}
+        with vocab_file.open(encoding="utf-8") as f:
+            for index, line in enumerate(f):
+                token = line.rstrip("\n")
+                if token:
+                    vocab.setdefault(token, index)
+        for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+            if special not in vocab:
+                raise ValueError(f"{vocab_file}: the vocabulary has no {special} token")
+        self.vocab_file = vocab_file
+        self.vocab_size = len(vocab)
+        self.pad_id, self.cls_id, self.sep_id = vocab["[PAD]"], vocab["[CLS]"], vocab["[SEP]"]
+
+        tok = _HFTokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
+            lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+        tok.decoder = decoders.WordPiece(prefix="##")
+        self._tok = tok
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> "Tokenizer":
+        """From a model name (e.g. the embedded default) or a folder holding `vocab.txt`."""
+        from bert_jax.pretrained import resolve_model_dir
+        folder = resolve_model_dir(name_or_path)
+        return cls(folder / "vocab.txt")
+
+    def _encode(self, texts, texts_pair, max_length):
+        if isinstance(texts, str):
+            texts = [texts]
+        if isinstance(texts_pair, str):
+            texts_pair = [texts_pair]
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        self._tok.no_padding()
+        if texts_pair is None:
+            return self._tok.encode_batch(list(texts))
+        if len(texts_pair) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(texts_pair)} texts_pair")
+        return self._tok.encode_batch(list(zip(texts, texts_pair)))
+
+    def encode_ids(self, texts: Sequence[str], max_length: int = 512) -> list[np.ndarray]:
+        """Unpadded int32 token ids per text (with [CLS]/[SEP]), truncated to `max_length`."""
+        return [np.asarray(e.ids, np.int32) for e in self._encode(texts, None, max_length)]
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """Untruncated length of each text in tokens (with [CLS]/[SEP]): int32 [n]."""
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        return np.asarray([len(e.ids) for e in self._tok.encode_batch(list(texts))], np.int32)
+
+    def __call__(self, texts: str | Sequence[str], texts_pair: str | Sequence[str] | None = None,
+                 max_length: int = 128, padding: str = "max_length") -> dict[str, np.ndarray]:
+        """Tokenize, truncate to `max_length` and pad.
+
+        padding: "max_length" pads every row to `max_length`; "longest" to the longest row.
+        Returns int32 arrays `input_ids`, `attention_mask`, `token_type_ids`, each [n, length].
+        """
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding must be 'max_length' or 'longest', not {padding!r}")
+        encodings = self._encode(texts, texts_pair, max_length)
+        length = max_length if padding == "max_length" else max(
+            (len(e.ids) for e in encodings), default=0)
+        out = {k: np.zeros((len(encodings), length), np.int32)
+               for k in ("input_ids", "attention_mask", "token_type_ids")}
+        out["input_ids"][:] = self.pad_id
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            out["input_ids"][row, :n] = e.ids
+            out["attention_mask"][row, :n] = 1
+            out["token_type_ids"][row, :n] = e.type_ids
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(map(int, ids)), skip_special_tokens=True)
+
+
+def pad_ids(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pad unpadded id rows to `length`: returns (`input_ids`, `attention_mask`), int32 [n, length].
+
+    Rows longer than `length` raise: the caller picks a length that fits (the batcher's bucket).
+    """
+    ids = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"row {i} has {len(row)} tokens, more than the padded length {length}")
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask
