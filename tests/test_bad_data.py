@@ -1,0 +1,292 @@
+"""Bad input files: each problem raises DataError naming the file, the line and a fix, or is
+skipped and counted with skip_bad_rows=True; a property test on random rows."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from bert_jax import data as D
+from bert_jax.tokenizer import Tokenizer
+
+HEADERS = {"sst": ["", "id", "sentence", "sentiment"],
+           "para": ["", "id", "sentence1", "sentence2", "is_duplicate"],
+           "sts": ["", "id", "sentence1", "sentence2", "similarity"]}
+SKIP_HINT = "skip_bad_rows=True"
+
+
+def write_tsv(path: Path, header, rows) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(header)
+        for i, row in enumerate(rows):
+            w.writerow([str(i)] + list(row))
+    return path
+
+
+def sst_file(tmp_path, rows, name="sst.csv"):
+    return write_tsv(tmp_path / name, HEADERS["sst"], rows)
+
+
+def good_sst(n=3):
+    return [(f"id{i}", f"A fine sentence {i} .", str(i % 5)) for i in range(n)]
+
+
+def raises(path, task="sst", line=None, match=None, hint=SKIP_HINT, **kw):
+    """Load and check the DataError: file name, `line N`, the problem and the hint."""
+    with pytest.raises(D.DataError) as info:
+        D.load_split(path, task, **kw)
+    msg = str(info.value)
+    assert Path(path).name in msg
+    if line is not None:
+        assert f"line {line}:" in msg
+    if match is not None:
+        assert match in msg, msg
+    if hint is not None:
+        assert hint in msg, msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    raises(tmp_path / "nope.csv", match="no such file", hint="--data-dir")
+    raises(tmp_path, match="not a file", hint=".csv")
+
+
+def test_missing_columns(tmp_path):
+    p = write_tsv(tmp_path / "cols.csv", ["", "id", "text", "sentiment"], [("a", "x", "1")])
+    msg = raises(p, line=1, match="missing column sentence",
+                 hint="Check that the file belongs to this task")
+    assert "'text'" in msg and "expects id, sentence, sentiment" in msg
+    p = write_tsv(tmp_path / "sts-test.csv", ["", "id", "sentence1", "sentence2"],
+                  [("a", "x", "y")])
+    raises(p, "sts", line=1, match="missing column similarity", hint="labeled=False")
+    assert len(D.load_split(p, "sts", labeled=False)) == 1
+    p = write_tsv(tmp_path / "pair.csv", HEADERS["sst"], good_sst())
+    raises(p, "para", line=1, match="missing columns sentence1, sentence2, is_duplicate",
+           hint="belongs to this task")
+
+
+def test_comma_separated(tmp_path):
+    p = tmp_path / "commas.csv"
+    p.write_text(",id,sentence,sentiment\n0,a,hello there,3\n", encoding="utf-8")
+    raises(p, line=1, match="looks comma-separated; the CS224N files are tab-separated",
+           hint="tabs")
+
+
+def test_empty_sentence(tmp_path):
+    rows = good_sst()
+    rows[1] = ("id1", "   ", "2")
+    raises(sst_file(tmp_path, rows), line=3, match="sentence is empty")
+    p = write_tsv(tmp_path / "pair.csv", HEADERS["para"],
+                  [("a", "q one", "q two", "1.0"), ("b", "q", "", "0.0")])
+    raises(p, "para", line=3, match="sentence2 is empty")
+    p = write_tsv(tmp_path / "noid.csv", HEADERS["sst"], [("a", "x", "1"), (" ", "y", "2")])
+    raises(p, line=3, match="the id is empty")
+
+
+@pytest.mark.parametrize("task,label,match", [
+    ("sst", "5", "not one of 0, 1, 2, 3, 4"),
+    ("sst", "-1", "not one of"),
+    ("sst", "2.5", "not one of"),
+    ("sst", "positive", "is not a number"),
+    ("sst", "", "sentiment is empty"),
+    ("para", "2.0", "not 0 or 1"),
+    ("para", "yes", "is not a number"),
+    ("sts", "5.5", "outside 0..5"),
+    ("sts", "-0.1", "outside 0..5"),
+    ("sts", "nan", "must be finite"),
+    ("sts", "inf", "must be finite"),
+    ("sts", "-Infinity", "must be finite"),
+    ("sst", "NaN", "must be finite"),
+])
+def test_bad_labels(tmp_path, task, label, match):
+    good = {"sst": ("a", "fine .", "3"), "para": ("a", "q1", "q2", "1.0"),
+            "sts": ("a", "s1", "s2", "4.2")}[task]
+    bad = good[:-1] + (label,)
+    p = write_tsv(tmp_path / f"{task}-labels.csv", HEADERS[task], [good, good, good, bad])
+    raises(p, task, line=5, match=match)
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "latin1.csv"
+    text = "\tid\tsentence\tsentiment\n0\ta\tfine\t1\n1\tb\tok\t2\n2\tc\tcaf\xe9 cr\xe8me\t3\n"
+    p.write_bytes(text.encode("latin-1"))
+    msg = raises(p, line=4, match="bytes that are not UTF-8 (byte 0xe9)", hint="iconv")
+    assert SKIP_HINT in msg
+    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert len(ds) == 2 and [line for line, _ in skipped] == [4]
+    h = tmp_path / "header.csv"
+    h.write_bytes("\tid\tsent\xe9nce\tsentiment\n0\ta\tfine\t1\n".encode("latin-1"))
+    raises(h, line=1, match="header has bytes that are not UTF-8", hint="UTF-8")
+
+
+def test_utf8_bom_is_ignored(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbfid\tsentence\tsentiment\na\tfine\t1\n")
+    assert D.load_split(p, "sst")[0] == {"id": "a", "sentence1": "fine", "label": 1, "line": 2}
+
+
+def test_empty_files(tmp_path):
+    p = tmp_path / "empty.csv"
+    p.write_bytes(b"")
+    raises(p, match="empty file (0 bytes)", hint="header")
+    p = sst_file(tmp_path, [], "header-only.csv")
+    raises(p, match="no rows (only a header)", hint="at least one row")
+
+
+def test_wrong_number_of_fields(tmp_path):
+    p = tmp_path / "short.csv"
+    p.write_text("\tid\tsentence\tsentiment\n0\ta\tfine\t1\n1\tb\tno label\n", encoding="utf-8")
+    raises(p, line=3, match="3 fields, the header has 4")
+    p = tmp_path / "long.csv"
+    p.write_text("\tid\tsentence\tsentiment\n0\ta\tfine\tand tab\t1\n", encoding="utf-8")
+    raises(p, line=2, match="5 fields, the header has 4: an unquoted tab")
+
+
+def test_line_numbers_follow_multiline_records(tmp_path):
+    rows = [("a", "one\nline two\nline three", "1"), ("b", "fine", "2"), ("c", "", "3")]
+    p = sst_file(tmp_path, rows)
+    raises(p, line=6, match="sentence is empty")  # header 1, record a 2-4, b 5, c 6
+    ds = D.load_split(p, "sst", skip_bad_rows=True)
+    assert ds["line"][:] == [2, 5]
+    assert ds["sentence1"][0] == "one\nline two\nline three"
+    p = tmp_path / "blank.csv"  # blank lines are skipped, as csv.DictReader does
+    p.write_text("\tid\tsentence\tsentiment\n\n0\ta\tfine\t1\n\n1\tb\t\t1\n", encoding="utf-8")
+    raises(p, line=5, match="sentence is empty")
+
+
+def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
+    p = tmp_path / "mixed.csv"
+    p.write_bytes(
+        b"\tid\tsentence\tsentiment\n"
+        b"0\ta\tgood one\t0\n"          # 2 ok
+        b"1\tb\t \t1\n"                 # 3 empty sentence
+        b"2\tc\tbad label\t7\n"         # 4 out of range
+        b"3\td\tnot a number\tx\n"      # 5 not a number
+        b"4\te\tshort\n"                # 6 too few fields
+        b"5\tf\tcaf\xe9\t2\n"           # 7 not UTF-8
+        b"6\tg\tnan label\tnan\n"       # 8 nan
+        b"7\th\tGood Two \t4\n")        # 9 ok
+    raises(p, line=3)
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert ds[:] == {"id": ["a", "h"], "sentence1": ["good one", "good two"], "label": [0, 4],
+                     "line": [2, 9]}
+    assert [line for line, _ in skipped] == [3, 4, 5, 6, 7, 8]
+    assert [r.split(" ")[0] for _, r in skipped] == ["sentence", "sentiment", "sentiment", "3",
+                                                     "bytes", "sentiment"]
+    assert "mixed.csv: skipped 6 bad rows (lines 3, 4, 5, 6, 7, 8)" in caplog.text
+    assert len(D.load_split(p, "sst", skip_bad_rows=True)) == 2
+    # every row bad: still an error
+    p = sst_file(tmp_path, [("a", "", "1"), ("b", "x", "9")], "allbad.csv")
+    raises(p, match="no usable rows: all 2 rows are bad", hint=None, skip_bad_rows=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    try:
+        return Tokenizer.from_pretrained("default")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_long_sentence_truncated_and_counted(tmp_path, tokenizer, caplog):
+    long = " ".join(["word"] * 40)
+    p = write_tsv(tmp_path / "long.csv", HEADERS["sts"],
+                  [("a", "short one", long, "1.0"), ("b", "fine", "ok", "2.0")])
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        data = D.load_task(p, "sts", "dev", tokenizer, max_length=16, cache_dir=tmp_path / "c")
+    assert data.truncated == 1
+    assert len(data.ids2[0]) == 16 and data.ids2[0][-1] == tokenizer.sep_id
+    np.testing.assert_array_equal(data.ids2[0], tokenizer.encode_ids([long], 16)[0])
+    assert "1 sentence longer than max_length=16 tokens truncated" in caplog.text
+    assert data.lengths[0] == 16
+
+
+# ------------------------------------------------------------------------- property test
+
+_CHARS = st.one_of(st.sampled_from(['"', "'", "\t", "\n", "\r", " ", ",", "a", "B", "\u00e9",
+                                    "\u4e2d", "\U0001f600", "\x00", "\u2028", "\x85", "\ufeff",
+                                    "\u00a0", "\\"]),
+                   st.characters(blacklist_categories=("Cs",)))
+_TEXT = st.text(_CHARS, max_size=12)
+_LABELS = st.one_of(
+    st.sampled_from(["0", "1", "2", "3", "4", "0.0", "1.0", "4.6", "5", "5.0", "2.5", "-1",
+                     "nan", "inf", "-inf", "", " 3 ", "abc", "1e400", "\t", '"1"']),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(_CHARS, max_size=4))
+
+
+def _expected_label(task, value):
+    """The label the loader must give, or None when it must reject it."""
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(x):
+        return None
+    if task == "sst":
+        return int(x) if x == int(x) and 0 <= x <= 4 else None
+    if task == "para":
+        return int(x) if x in (0.0, 1.0) else None
+    return float(np.float32(x)) if 0 <= x <= 5 else None
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task=st.sampled_from(D.TASKS), labeled=st.booleans(),
+       rows=st.lists(st.tuples(_TEXT, _TEXT, _TEXT, _LABELS), min_size=1, max_size=6))
+def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
+    header = HEADERS[task] if labeled else HEADERS[task][:-1]
+    pair = task != "sst"
+    written = []
+    for ex_id, s1, s2, label in rows:
+        row = (ex_id, s1) + ((s2,) if pair else ()) + ((label,) if labeled else ())
+        written.append(row)
+    expected = []
+    for line_offset, (ex_id, s1, s2, label) in enumerate(rows):
+        sents = [s1.lower().strip()] + ([s2.lower().strip()] if pair else [])
+        lab = _expected_label(task, label) if labeled else 0
+        ok = ex_id.strip() != "" and all(sents) and lab is not None
+        expected.append((ok, ex_id.strip(), sents, lab))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_tsv(Path(tmp) / "random.csv", header, written)
+        for skip in (False, True):
+            good = [e for e in expected if e[0]]
+            must_fail = not good if skip else not all(e[0] for e in expected)
+            try:
+                ds = D.load_split(path, task, labeled=labeled, skip_bad_rows=skip)
+            except D.DataError as e:
+                event(f"skip={skip}: DataError")
+                assert must_fail, f"unexpected DataError: {e}"
+                assert "random.csv" in str(e)
+                continue
+            assert not must_fail, "bad rows loaded without DataError"
+            event(f"skip={skip}: loaded")
+            got = ds[:]
+            assert got["id"] == [e[1] for e in good]
+            assert got["sentence1"] == [e[2][0] for e in good]
+            if pair:
+                assert got["sentence2"] == [e[2][1] for e in good]
+            if labeled:
+                assert got["label"] == [e[3] for e in good]
+            # line numbers point at each record's first line in the file
+            text = path.read_text(encoding="utf-8")
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+            next(reader)
+            starts = []
+            while True:
+                start = reader.line_num + 1
+                try:
+                    next(reader)
+                except StopIteration:
+                    break
+                starts.append(start)
+            assert got["line"] == [s for s, e in zip(starts, expected) if e[0]]

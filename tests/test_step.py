@@ -1,0 +1,133 @@
+"""The train step: losses against numpy, data parallel equals single device, non-finite guard."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.config import PRESETS
+from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
+from train.config import TrainConfig
+from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
+                        make_train_step, shard_batch, task_losses)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int = 8, length: int = 16, vocab: int = 100):
+    out = {}
+    for task, sentences in (("sst", 1), ("para", 2), ("sts", 2)):
+        for k in range(1, sentences + 1):
+            lengths = rng.integers(3, length + 1, size=batch)
+            ids = rng.integers(5, vocab, size=(batch, length)).astype(np.int32)
+            mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+            out[f"{task}_input_ids_{k}"] = ids * mask
+            out[f"{task}_attention_mask_{k}"] = mask
+    out["sst_labels"] = rng.integers(0, 5, size=batch).astype(np.int32)
+    out["para_labels"] = rng.integers(0, 2, size=batch).astype(np.int32)
+    out["sts_labels"] = rng.uniform(0, 5, size=batch).astype(np.float32)
+    return out
+
+
+def test_task_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    para, sts = rng.normal(size=6).astype(np.float32), rng.uniform(-5, 5, 6).astype(np.float32)
+    batch = {"sst_labels": rng.integers(0, 5, 6), "para_labels": rng.integers(0, 2, 6),
+             "sts_labels": rng.uniform(0, 5, 6).astype(np.float32)}
+    got = task_losses({"sst": jnp.asarray(logits), "para": jnp.asarray(para),
+                       "sts": jnp.asarray(sts)}, batch)
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -log_softmax[np.arange(6), batch["sst_labels"]].mean()
+    p = 1 / (1 + np.exp(-para))
+    bce = -(batch["para_labels"] * np.log(p) + (1 - batch["para_labels"]) * np.log(1 - p)).mean()
+    mse = ((sts - batch["sts_labels"]) ** 2).mean()
+    np.testing.assert_allclose([got["sst"], got["para"], got["sts"]], [ce, bce, mse], rtol=1e-5)
+
+
+def _tiny_setup(heads=HeadConfig(), lr=1e-3):
+    config = PRESETS["tiny"].replace(vocab_size=100)
+    cfg = TrainConfig(lr=lr)
+    model = MultitaskBert(config, heads)
+    params = init_multitask_params(config, heads, jax.random.PRNGKey(0))
+    return model, params, cfg
+
+
+def test_step_lowers_loss_and_counts_steps():
+    model, params, cfg = _tiny_setup()
+    mesh = make_mesh(jax.devices()[:1])
+    tx = make_optimizer(cfg, 100)
+    state = create_state(params, tx, 0, mesh)
+    step = make_train_step(model, tx, mesh)
+    batch = shard_batch(synthetic_batch(np.random.default_rng(1)), mesh)
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append({k: float(v) for k, v in metrics.items()})
+    assert int(state.step) == 30
+    for task in ("sst", "para", "sts"):
+        assert losses[-1][f"loss_{task}"] < losses[0][f"loss_{task}"], task
+    total = losses[0]["loss_sst"] + losses[0]["loss_para"] + losses[0]["loss_sts"]
+    assert losses[0]["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_nonfinite_loss_leaves_params_unchanged():
+    model, params, cfg = _tiny_setup()
+    mesh = make_mesh(jax.devices()[:1])
+    tx = make_optimizer(cfg, 10)
+    state = create_state(params, tx, 0, mesh)
+    before = jax.device_get(state.params)
+    batch = synthetic_batch(np.random.default_rng(2))
+    batch["sts_labels"][0] = np.nan
+    state, metrics = make_train_step(model, tx, mesh)(state, shard_batch(batch, mesh))
+    assert float(metrics["finite"]) == 0.0
+    assert not np.isfinite(float(metrics["loss_sts"]))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+
+
+def test_batch_must_divide_over_devices():
+    mesh = make_mesh(jax.devices()[:1])
+    check_divisible(8, mesh)
+
+    class FourDevices:
+        devices = np.zeros(4)
+    with pytest.raises(ValueError, match="does not split evenly over 4 devices"):
+        check_divisible(6, FourDevices())
+
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from tests.test_step import _tiny_setup, synthetic_batch
+    from train.step import create_state, make_mesh, make_optimizer, make_train_step, shard_batch
+    assert jax.device_count() == 4, jax.devices()
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        model, params, cfg = _tiny_setup(lr=1e-5)  # the report's learning rate
+        mesh = make_mesh(devices)
+        tx = make_optimizer(cfg, 10)
+        state = create_state(params, tx, 0, mesh)
+        step = make_train_step(model, tx, mesh, deterministic=True)
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            state, metrics = step(state, shard_batch(synthetic_batch(rng), mesh))
+        results.append((jax.device_get(state.params), float(metrics["loss"])))
+    (one, loss_one), (four, loss_four) = results
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, four))
+    print("max param diff", max(diffs), "losses", loss_one, loss_four)
+    assert max(diffs) < 1e-5, max(diffs)
+    assert abs(loss_one - loss_four) < 1e-5
+""")
+
+
+def test_data_parallel_on_four_devices_equals_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "max param diff" in result.stdout

@@ -1,0 +1,152 @@
+"""Dev scores and CS224N prediction files from a run: `python -m train.evaluate RUN_DIR --out DIR`.
+
+Writes `sst-dev-output.csv`, `para-dev-output.csv`, `sts-dev-output.csv` and the `-test-` files
+(from the test-student files; there is no Quora test file) in the CS224N format (`id,Predicted_...`),
+plus `scores.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from bert_jax import data as data_lib
+from bert_jax import metrics
+from bert_jax.checkpoints import CheckpointError, load_run
+from bert_jax.heads import MultitaskBert
+from bert_jax.inference import predict_task, to_predictions
+from bert_jax.tokenizer import Tokenizer
+from train.step import DATA_AXIS, make_mesh, make_predict_step
+
+TASK_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
+                "sts": "Predicted_Similarity"}
+TASK_FILE_PREFIX = {"sst": "sst", "para": "para", "sts": "sts"}
+
+
+def resource_hint(err: BaseException) -> str | None:
+    """A readable message for device out-of-memory errors (None for anything else)."""
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        first = text.strip().splitlines()[0][:300]
+        return (f"the device ran out of memory ({first}). Use a smaller --batch-size or "
+                "--eval-batch-size, a smaller --max-length, or --dtype bfloat16; on GPU see the "
+                "README's note on XLA_PYTHON_CLIENT_PREALLOCATE / XLA_PYTHON_CLIENT_MEM_FRACTION")
+    return None
+
+
+class Evaluator:
+    """Batched dev/test prediction for a `MultitaskBert` over a mesh (batch split on "data")."""
+
+    def __init__(self, model: MultitaskBert, mesh, buckets: tuple[int, ...], batch_size: int = 64):
+        self.predict = make_predict_step(model)
+        self.sharding = NamedSharding(mesh, P(DATA_AXIS))
+        self.buckets, self.batch_size = buckets, batch_size
+
+    def outputs(self, params, data: data_lib.TaskData, task: str, progress: bool = False):
+        bar = tqdm(total=len(data), desc=f"eval {task}", leave=False, disable=not progress,
+                   unit="ex")
+        try:
+            return predict_task(self.predict, params, data, task, self.batch_size, self.buckets,
+                                place=lambda b: jax.device_put(b, self.sharding), progress=bar)
+        finally:
+            bar.close()
+
+    def predictions(self, params, splits: dict[str, data_lib.TaskData], progress: bool = False):
+        return {t: to_predictions(t, self.outputs(params, d, t, progress))
+                for t, d in splits.items()}
+
+    def scores(self, params, dev: dict[str, data_lib.TaskData], progress: bool = False) -> dict:
+        """SST accuracy, paraphrase accuracy, STS Pearson r, overall (for the tasks given)."""
+        return score_predictions(self.predictions(params, dev, progress), dev)
+
+
+def score_predictions(predictions: dict[str, np.ndarray], gold: dict[str, data_lib.TaskData]) -> dict:
+    scores = {}
+    if "sst" in predictions:
+        scores["sst_acc"] = metrics.accuracy(predictions["sst"], gold["sst"].labels)
+    if "para" in predictions:
+        scores["para_acc"] = metrics.accuracy(predictions["para"], gold["para"].labels)
+    if "sts" in predictions:
+        scores["sts_r"] = metrics.pearson(predictions["sts"], gold["sts"].labels)
+    if len(scores) == 3:
+        scores["overall"] = metrics.overall_score(scores["sst_acc"], scores["para_acc"],
+                                                  scores["sts_r"])
+    return {k: float(v) for k, v in scores.items()}
+
+
+def write_predictions(path: Path, task: str, ids: list[str], predictions: np.ndarray) -> None:
+    """A CS224N prediction file: header `id,Predicted_...`, then `id , value` rows."""
+    with path.open("w") as f:
+        f.write(f"id,{TASK_COLUMNS[task]} \n")
+        for i, p in zip(ids, predictions):
+            value = f"{float(p):.6f}" if task == "sts" else str(int(p))
+            f.write(f"{i} , {value} \n")
+
+
+def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None = None,
+                 which: str = "best", batch_size: int = 64, limit: int = 0,
+                 progress: bool = True) -> dict:
+    """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir`."""
+    run = load_run(run_dir, which)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = data_lib.find_data_dir(data_dir)
+    tokenizer = Tokenizer(run.vocab_file)
+    model = MultitaskBert(run.bert_config, run.heads)
+    splits = {}
+    for task in data_lib.TASKS:
+        for split in ("dev", "test"):
+            name = data_lib.default_file(task, split)
+            if name and (base / name).exists():
+                splits[task, split] = data_lib.load_task(base / name, task, split, tokenizer,
+                                                         limit=limit or None, skip_bad_rows=True)
+    lengths = np.concatenate([d.lengths for d in splits.values()])
+    buckets = data_lib.choose_buckets(lengths, 512, num_buckets=4)
+    evaluator = Evaluator(model, make_mesh(), buckets, batch_size)
+    dev_predictions = {}
+    for (task, split), data in splits.items():
+        preds = to_predictions(task, evaluator.outputs(run.params, data, task, progress))
+        write_predictions(out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv", task,
+                          data.example_ids, preds)
+        if split == "dev":
+            dev_predictions[task] = preds
+    scores = score_predictions(dev_predictions, {t: splits[t, "dev"] for t in dev_predictions})
+    scores["checkpoint_step"] = run.meta.get("step")
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.evaluate", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", help="a run folder written by `python -m train.multitask`")
+    parser.add_argument("--out", default=None, help="folder for prediction files "
+                        "(default RUN_DIR/predictions)")
+    parser.add_argument("--which", choices=("best", "last"), default="best",
+                        help="which checkpoint of the run")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=0, help="first N examples per file (0: all)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        scores = evaluate_run(args.run_dir, args.out or Path(args.run_dir) / "predictions",
+                              args.data_dir, args.which, args.batch_size, args.limit,
+                              not args.no_progress)
+    except (data_lib.DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Losses, the optimiser, the device mesh and the jit-compiled train and eval steps.
+
+The train step is one per-device program (`jax.shard_map` over the mesh's "data" axis) holding the
+forward pass, the summed task losses, the gradient, a `lax.pmean` of the gradients across devices
+and the optax update: what `pmap` did, in the supported API, and multi-host ready. One device runs
+the same code with a mesh of one.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from bert_jax.heads import MultitaskBert
+from train.config import TASKS, TrainConfig
+
+DATA_AXIS = "data"
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step changes: `step` (int32 scalar), `params`, `opt_state`, `rng` (uint32 [2])."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis mesh ("data") over `devices` (default: every device of every process)."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices.reshape(-1), (DATA_AXIS,))
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """Constant `lr`, with optional linear warm-up from 0 and linear decay to 0 at `total_steps`."""
+    if cfg.linear_decay:
+        after = optax.linear_schedule(cfg.lr, 0.0, max(total_steps - cfg.warmup_steps, 1))
+    else:
+        after = optax.constant_schedule(cfg.lr)
+    if cfg.warmup_steps <= 0:
+        return after
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping."""
+    adamw = optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay)
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+    return adamw
+
+
+def task_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Mean loss per task present: SST cross-entropy, paraphrase BCE on logits, STS MSE."""
+    losses = {}
+    if "sst" in outputs:
+        losses["sst"] = optax.softmax_cross_entropy_with_integer_labels(
+            outputs["sst"], batch["sst_labels"]).mean()
+    if "para" in outputs:
+        losses["para"] = optax.sigmoid_binary_cross_entropy(
+            outputs["para"], batch["para_labels"].astype(jnp.float32)).mean()
+    if "sts" in outputs:
+        losses["sts"] = jnp.mean((outputs["sts"] - batch["sts_labels"]) ** 2)
+    return losses
+
+
+def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh: Mesh,
+                    deterministic: bool = False):
+    """`step(state, batch) -> (state, metrics)`, jit-compiled, `state` donated.
+
+    `batch` holds global arrays sharded over the "data" axis (leading dimension = the global batch
+    per task, divisible by the number of devices). `metrics` (replicated scalars): `loss` (the sum
+    of task losses), `loss_{task}` per task present, `finite` (1.0 if the loss was finite; a
+    non-finite step leaves params and optimiser state unchanged), `grad_norm`.
+    """
+    def per_device(state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                 jax.lax.axis_index(DATA_AXIS))
+
+        def loss_fn(params):
+            outputs = model.apply({"params": params}, batch, deterministic=deterministic,
+                                  rngs={"dropout": rng})
+            losses = task_losses(outputs, batch)
+            return sum(losses.values()), losses
+
+        (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads, loss, losses = jax.lax.pmean((grads, loss, losses), DATA_AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state))
+        metrics = {"loss": loss, "finite": finite.astype(jnp.float32),
+                   "grad_norm": optax.tree.norm(grads),
+                   **{f"loss_{task}": value for task, value in losses.items()}}
+        return new_state, metrics
+
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                            out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_predict_step(model: MultitaskBert):
+    """`predict(params, batch) -> {task: outputs}` (dropout off), jit-compiled.
+
+    Inputs may be sharded over the "data" axis; jit partitions the forward pass accordingly.
+    """
+    @jax.jit
+    def predict(params, batch):
+        return model.apply({"params": params}, batch, deterministic=True)
+    return predict
+
+
+def create_state(params, tx: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
+    """A fresh `TrainState` replicated over the mesh."""
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.PRNGKey(seed))
+    return replicate(state, mesh)
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host batch (this process's rows) -> global arrays split over the "data" axis."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
+    devices = mesh.devices.size
+    if batch_size % devices:
+        raise ValueError(
+            f"the global {what} {batch_size} does not split evenly over {devices} devices: "
+            f"use a multiple of {devices} (e.g. --batch-size {devices * max(1, batch_size // devices)})")
+
+
+@functools.lru_cache(maxsize=None)
+def _tasks_in(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(t for t in TASKS if f"{t}_input_ids_1" in keys)
