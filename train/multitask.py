@@ -44,6 +44,14 @@ class TrainingError(RuntimeError):
     """A run stopped for a reason the user must act on (message says what to do)."""
 
 
+class Interrupted(TrainingError):
+    """SIGINT/SIGTERM: a checkpoint was saved and the run can continue with --resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclasses.dataclass
 class RunData:
     """Tokenized splits: `train[task]` for the tasks trained, `dev[task]` for all three."""
@@ -128,6 +136,25 @@ def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
             "same flags, or start a new run in another --out folder")
 
 
+def _check_model_shapes(out_dir: Path, bert_config, tokenizer: Tokenizer, init: str,
+                        resume: bool) -> None:
+    """Refuse an --init whose shapes differ from the run being resumed, or from its own vocab."""
+    if tokenizer.vocab_size > bert_config.vocab_size:
+        raise TrainingError(
+            f"--init {init}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {bert_config.vocab_size}; use the vocab.txt that came with the weights")
+    saved_path = out_dir / "config.json"
+    if resume and saved_path.exists():
+        from bert_jax.config import BertConfig
+        saved, now = BertConfig.from_json(saved_path).shape_dict(), bert_config.shape_dict()
+        if saved != now:
+            diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
+            raise TrainingError(
+                f"--init {init} does not match the model of the run being resumed "
+                f"({saved_path}): " + ", ".join(f"{k} {a} in the run vs {b} in --init"
+                                               for k, (a, b) in diff.items()))
+
+
 def _nonfinite_message(record: dict, ids: dict[str, list[str]]) -> str:
     tasks = [t for t in TASKS if not np.isfinite(record.get(f"loss_{t}", 0.0))]
     shown = {t: ids.get(t, [])[:8] for t in tasks or ids}
@@ -153,6 +180,7 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     run = run_data or load_run_data(cfg, files)
     bert_config, encoder_params = load_pretrained(cfg.init, dtype=cfg.dtype)
     bert_config = bert_config.replace(attention_impl=cfg.attention_impl)
+    _check_model_shapes(out_dir, bert_config, run.tokenizer, cfg.init, resume)
     model = MultitaskBert(bert_config, cfg.head_config())
     params = init_multitask_params(bert_config, cfg.head_config(),
                                    jax.random.PRNGKey(cfg.seed), encoder_params)
@@ -223,8 +251,8 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                     if not at_epoch_end:
                         save(step)
                     name = signal.Signals(stop.signum).name
-                    raise TrainingError(f"stopped by {name} at step {step}; checkpoint saved in "
-                                        f"{out_dir / 'last'}. Continue with --resume")
+                    raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved in "
+                                      f"{out_dir / 'last'}. Continue with --resume", stop.signum)
     finally:
         prefetch.close()
         bar.close()
@@ -343,6 +371,9 @@ def main(argv=None) -> int:
         log.info("run %s: %s", out, json.dumps(cfg.to_dict()))
         summary = train_and_evaluate(cfg, out, files, resume=args.resume,
                                      save_every=args.save_every, progress=not args.no_progress)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return 128 + err.signum
     except (data_lib.DataError, TrainingError, CheckpointError, ValueError,
             FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

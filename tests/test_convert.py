@@ -1,0 +1,299 @@
+"""Checkpoint conversion: error cases, minBERT checkpoints, the embedded default's sha and cache."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from bert_jax import BertConfig, BertModel, Tokenizer, load_pretrained  # noqa: E402
+from bert_jax import convert, pretrained  # noqa: E402
+from bert_jax.convert import ConversionError, convert_checkpoint, convert_state_dict  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOCAB = pretrained.embedded_model_dir() / "vocab.txt"
+TINY = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64)
+HEAD = ("sentiment_linear.weight", "sentiment_linear.bias")
+
+
+@pytest.fixture(scope="module")
+def tiny_torch():
+    torch.manual_seed(0)
+    return transformers.BertModel(transformers.BertConfig(**TINY)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return BertConfig(**TINY)
+
+
+@pytest.fixture
+def tiny_state(tiny_torch):
+    """The tiny model's HuggingFace state dict as numpy (fresh copy per test)."""
+    return {k: v.numpy().copy() for k, v in tiny_torch.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Sentence pairs, padded: int32 [3, T]."""
+    tok = Tokenizer(VOCAB)
+    return tok(["a first sentence.", "hi", "the third one is the longest of them all"],
+               ["and its partner", "there", "short"], max_length=16, padding="longest")
+
+
+def assert_matches_torch(model, config, params, batch, pooler=True):
+    inputs = {k: torch.from_numpy(batch[k].astype(np.int64)) for k in batch}
+    with torch.no_grad():
+        want = model(**inputs)
+    got = BertModel(config, add_pooling_layer=pooler).apply({"params": params}, **batch)
+    keep = batch["attention_mask"].astype(bool)
+    assert np.abs(np.asarray(got.last_hidden_state)[keep]
+                  - want.last_hidden_state.numpy()[keep]).max() < 1e-4
+    if pooler:
+        assert np.abs(np.asarray(got.pooler_output) - want.pooler_output.numpy()).max() < 1e-4
+
+
+def write_hf_folder(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_bytes(VOCAB.read_bytes())
+    return folder
+
+
+# ---------------------------------------------------------------- HuggingFace state dicts
+
+def test_prefixed_bin_with_head_and_buffer(tmp_path, tiny_torch, batch):
+    write_hf_folder(tiny_torch, tmp_path)
+    state = {f"bert.{k}": v for k, v in tiny_torch.state_dict().items()}
+    state["bert.embeddings.position_ids"] = torch.arange(64)[None]
+    state["classifier.weight"], state["classifier.bias"] = torch.zeros(5, 64), torch.zeros(5)
+    torch.save(state, tmp_path / "classifier.bin")
+    with pytest.warns(UserWarning, match="classifier.weight"):
+        config, params, report = convert_checkpoint(tmp_path / "classifier.bin", verbose=False)
+    assert (report.source_format, report.prefix) == ("huggingface", "bert.")
+    assert report.skipped == ["classifier.weight", "classifier.bias"]
+    assert report.ignored == ["bert.embeddings.position_ids"]
+    assert len(report.converted) == len(tiny_torch.state_dict())
+    assert_matches_torch(tiny_torch, config, params, batch)
+
+
+def test_missing_key(tiny_state, tiny_config):
+    del tiny_state["encoder.layer.1.output.dense.bias"]
+    with pytest.raises(ConversionError, match=r"1 missing keys.*encoder\.layer\.1\.output\.dense\.bias"):
+        convert_state_dict(tiny_state, tiny_config)
+
+
+def test_unexpected_keys(tiny_state, tiny_config):
+    tiny_state["encoder.layer.0.attention.self.extra.weight"] = np.zeros(3, np.float32)
+    tiny_state["encoder.layer.2.output.dense.bias"] = np.zeros(64, np.float32)
+    with pytest.raises(ConversionError, match="2 unexpected keys") as err:
+        convert_state_dict(tiny_state, tiny_config)
+    assert "encoder.layer.0.attention.self.extra.weight" in str(err.value)
+    assert "encoder.layer.2.output.dense.bias" in str(err.value)
+
+
+def test_shape_mismatch_lists_all(tiny_state, tiny_config):
+    tiny_state["encoder.layer.0.attention.self.query.weight"] = np.zeros((64, 32), np.float32)
+    tiny_state["embeddings.word_embeddings.weight"] = np.zeros((100, 64), np.float32)
+    with pytest.raises(ConversionError, match="2 keys with the wrong shape") as err:
+        convert_state_dict(tiny_state, tiny_config)
+    message = str(err.value)
+    assert "encoder.layer.0.attention.self.query.weight: expected (64, 64), got (64, 32)" in message
+    assert "embeddings.word_embeddings.weight: expected (30522, 64), got (100, 64)" in message
+
+
+def test_every_problem_reported_at_once(tiny_state, tiny_config):
+    del tiny_state["pooler.dense.weight"]
+    tiny_state["encoder.layer.0.output.LayerNorm.gamma"] = np.zeros(64, np.float32)
+    tiny_state["encoder.layer.1.intermediate.dense.bias"] = np.zeros(7, np.float32)
+    with pytest.raises(ConversionError) as err:
+        convert_state_dict(tiny_state, tiny_config)
+    message = str(err.value)
+    for text in ("pooler.dense.weight", "encoder.layer.0.output.LayerNorm.gamma",
+                 "encoder.layer.1.intermediate.dense.bias: expected (128,), got (7,)"):
+        assert text in message
+
+
+def test_missing_pooler(tiny_state, tiny_config, tiny_torch, batch):
+    del tiny_state["pooler.dense.weight"], tiny_state["pooler.dense.bias"]
+    with pytest.raises(ConversionError, match="allow_missing_pooler"):
+        convert_state_dict(tiny_state, tiny_config)
+    params, report = convert_state_dict(tiny_state, tiny_config, allow_missing_pooler=True)
+    assert report.missing_pooler and "pooler" not in params
+    assert "no pooler" in report.summary()
+    assert_matches_torch(tiny_torch, tiny_config, params, batch, pooler=False)
+
+
+def test_not_bert(tmp_path, tiny_config):
+    gpt2 = transformers.GPT2Model(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=32))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConversionError, match="'gpt2' is not BERT"):
+        convert_checkpoint(tmp_path / "gpt2")
+    tiny_config.to_json(tmp_path / "bert_config.json")
+    with pytest.raises(ConversionError, match="not a BERT checkpoint.*under: h, ln_f, wpe, wte"):
+        convert_checkpoint(tmp_path / "gpt2" / "model.safetensors",
+                           config_file=tmp_path / "bert_config.json")
+
+
+def test_truncated_files(tmp_path, tiny_torch):
+    write_hf_folder(tiny_torch, tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="truncated or corrupt") as err:
+        convert_checkpoint(tmp_path)
+    assert str(weights) in str(err.value)
+    torch.save(tiny_torch.state_dict(), tmp_path / "model.bin")
+    data = (tmp_path / "model.bin").read_bytes()
+    (tmp_path / "model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="cannot read this PyTorch checkpoint") as err:
+        convert_checkpoint(tmp_path / "model.bin")
+    assert str(tmp_path / "model.bin") in str(err.value)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        convert.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--vocab" in out and "--config" in out and "minBERT" in out
+
+
+def test_cli_error_exit_status(tmp_path, capsys):
+    assert convert.main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- minBERT checkpoints
+
+def minbert_name(hf_key: str) -> str:
+    """HuggingFace BertModel key -> CS224N minBERT key."""
+    names = {"embeddings.word_embeddings": "word_embedding",
+             "embeddings.position_embeddings": "pos_embedding",
+             "embeddings.token_type_embeddings": "tk_type_embedding",
+             "embeddings.LayerNorm": "embed_layer_norm", "pooler.dense": "pooler_dense"}
+    layer = {"attention.self.": "self_attention.", "attention.output.dense": "attention_dense",
+             "attention.output.LayerNorm": "attention_layer_norm",
+             "intermediate.dense": "interm_dense", "output.dense": "out_dense",
+             "output.LayerNorm": "out_layer_norm"}
+    module, leaf = hf_key.rsplit(".", 1)
+    if module.startswith("encoder.layer."):
+        _, _, i, rest = module.split(".", 3)
+        for old, new in layer.items():
+            if rest.startswith(old):
+                return f"bert.bert_layers.{i}.{new}{rest[len(old):]}.{leaf}"
+        raise KeyError(hf_key)
+    return f"bert.{names[module]}.{leaf}"
+
+
+@pytest.fixture(scope="module")
+def minbert_checkpoint(tmp_path_factory, tiny_torch):
+    path = tmp_path_factory.mktemp("minbert") / "finetune-10-1e-05-multitask.pt"
+    model = {minbert_name(k): v for k, v in tiny_torch.state_dict().items()}
+    model["bert.position_ids"] = torch.arange(64)[None]
+    model[HEAD[0]], model[HEAD[1]] = torch.randn(5, 64), torch.zeros(5)
+    optim = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    torch.save({"model": model, "optim": optim.state_dict(),
+                "args": argparse.Namespace(option="finetune", lr=1e-5, epochs=10, use_gpu=False),
+                "model_config": types.SimpleNamespace(
+                    hidden_size=64, num_attention_heads=4, hidden_dropout_prob=0.3,
+                    num_labels=5, data_dir=".", option="finetune"),
+                "system_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+                "torch_rng": torch.random.get_rng_state()}, path)
+    return path
+
+
+def test_minbert_cli(tmp_path, minbert_checkpoint, tiny_torch, batch):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)).rstrip(os.pathsep)}
+    out = tmp_path / "converted"
+    run = subprocess.run([sys.executable, "-m", "bert_jax.convert", str(minbert_checkpoint),
+                          str(out), "--vocab", str(VOCAB)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "minbert checkpoint" in run.stdout and "skipped 2 keys" in run.stdout
+    assert all(key in run.stdout for key in HEAD)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "conversion.json", "params", "vocab.txt"]
+    assert json.loads((out / "conversion.json").read_text())["skipped"] == list(HEAD)
+    config, params = load_pretrained(out)
+    assert config.shape_dict() == BertConfig(**TINY).shape_dict()
+    assert_matches_torch(tiny_torch, config, params, batch)
+
+
+def test_minbert_function(tmp_path, minbert_checkpoint, tiny_torch, batch, capsys):
+    config, params, report = convert_checkpoint(minbert_checkpoint, tmp_path / "out")
+    assert report.source_format == "minbert" and report.prefix == "bert."
+    assert report.skipped == list(HEAD) and report.ignored == ["bert.position_ids"]
+    printed = capsys.readouterr().out
+    assert "sentiment_linear.weight" in printed and "config inferred" in printed
+    assert "vocab:" in printed  # fell back to bert-base-uncased's vocab, and said so
+    assert config.num_attention_heads == 4  # from model_config
+    assert_matches_torch(tiny_torch, config, params, batch)
+    loaded_config, loaded = convert.load_converted(tmp_path / "out")
+    assert loaded_config == config
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    with pytest.raises(FileExistsError):
+        convert.save_converted(tmp_path / "out", params, config, VOCAB)
+
+
+# ---------------------------------------------------------------- the embedded default
+
+def test_default_sha_mismatch(tmp_path, monkeypatch):
+    src = pretrained.embedded_model_dir()
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for item in src.iterdir():
+        if item.name != "model.safetensors":
+            (copy / item.name).symlink_to(item)
+    data = bytearray((src / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(data)
+    monkeypatch.setattr(pretrained, "embedded_model_dir", lambda: copy)
+    with pytest.raises(pretrained.ChecksumError) as err:
+        load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert str(copy / "model.safetensors") in message
+    assert pretrained.DEFAULT_MODEL_SHA256 in message
+    assert pretrained.file_sha256(copy / "model.safetensors") in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_default_second_load_uses_cache(default_model, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again instead of loading the cache")
+    monkeypatch.setattr(convert, "convert_checkpoint", refuse)
+    config, params = load_pretrained("all-MiniLM-L6-v2", dtype="bfloat16")
+    assert config.dtype == "bfloat16" and config.replace(dtype="float32") == default_model[0]
+    jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
+    assert pretrained.load_config("all-MiniLM-L6-v2").shape_dict() == \
+        BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536).shape_dict()
+
+
+def test_default_corrupt_cache_is_rebuilt(tmp_path, default_model, bert_jax_cache):
+    (entry,) = bert_jax_cache.glob("all-MiniLM-L6-v2-*")
+    damaged = tmp_path / entry.name
+    import shutil
+    shutil.copytree(entry, damaged)
+    meta = json.loads((damaged / "conversion.json").read_text())
+    meta["params_crc32"] = "00000000"
+    (damaged / "conversion.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="cached conversion unusable.*corrupt"):
+        _, params = load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
+    assert json.loads((damaged / "conversion.json").read_text())["params_crc32"] != "00000000"
+    convert.load_converted(damaged)  # rebuilt and intact

@@ -1,0 +1,138 @@
+"""The Flax encoder against PyTorch `transformers.BertModel` (CPU, float32).
+
+Real all-MiniLM-L6-v2 weights and a randomly initialised bert-base-shaped model converted through
+the CLI; padded batches of single sentences and of sentence pairs (token_type_ids 1).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from bert_jax import BertModel, Tokenizer, load_pretrained, mean_pool  # noqa: E402
+from bert_jax.convert import main as convert_main  # noqa: E402
+from bert_jax.pretrained import embedded_model_dir  # noqa: E402
+
+ATOL = 1e-4
+SINGLES = ["Hi!",
+           "A much longer sentence, with several more words in it than the others have.",
+           "it's a lovely film with lovely performances."]
+PAIRS = (["How do I learn JAX?", "What is the capital of France?", "Is this a paraphrase?"],
+         ["What is the best way to learn JAX quickly and well?", "Paris.",
+          "Is this sentence a paraphrase of that one, or not at all?"])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(embedded_model_dir() / "vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def batches(tokenizer):
+    """Two int32 batches [3, T] (T <= 16): single sentences and pairs, padded to the longest."""
+    return {"singles": tokenizer(SINGLES, max_length=16, padding="longest"),
+            "pairs": tokenizer(*PAIRS, max_length=16, padding="longest")}
+
+
+@pytest.fixture(scope="module")
+def minilm_torch():
+    return transformers.BertModel.from_pretrained(embedded_model_dir()).eval()
+
+
+@pytest.fixture(scope="module")
+def bert_base(tmp_path_factory):
+    """(torch model, config, params): a random bert-base saved by HF and converted by the CLI."""
+    root = tmp_path_factory.mktemp("bert_base")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig()).eval()  # bert-base shape
+    model.save_pretrained(root / "hf")
+    (root / "hf" / "vocab.txt").write_bytes((embedded_model_dir() / "vocab.txt").read_bytes())
+    assert convert_main([str(root / "hf"), str(root / "converted")]) == 0
+    config, params = load_pretrained(root / "converted")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    return model, config, params
+
+
+def torch_forward(model, batch):
+    """(last_hidden_state [B, T, D], pooler_output [B, D], masked mean [B, D]) as numpy."""
+    inputs = {k: torch.from_numpy(batch[k].astype(np.int64))
+              for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        out = model(**inputs)
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    return out.last_hidden_state.numpy(), out.pooler_output.numpy(), mean.numpy()
+
+
+def jax_forward(config, params, batch, **kwargs):
+    return BertModel(config).apply({"params": params}, batch["input_ids"],
+                                   batch["attention_mask"], batch["token_type_ids"], **kwargs)
+
+
+def assert_matches_torch(model, config, params, batch):
+    hidden, pooled, mean = torch_forward(model, batch)
+    out = jax_forward(config, params, batch)
+    keep = batch["attention_mask"].astype(bool)
+    assert np.abs(np.asarray(out.last_hidden_state)[keep] - hidden[keep]).max() < ATOL
+    assert np.abs(np.asarray(out.pooler_output) - pooled).max() < ATOL
+    ours = mean_pool(out.last_hidden_state, batch["attention_mask"])
+    assert np.abs(np.asarray(ours) - mean).max() < ATOL
+
+
+@pytest.mark.parametrize("kind", ["singles", "pairs"])
+def test_minilm_matches_torch(kind, batches, minilm_torch, default_model):
+    batch = batches[kind]
+    assert batch["attention_mask"].min() == 0  # padding present
+    if kind == "pairs":
+        assert batch["token_type_ids"].max() == 1
+    assert_matches_torch(minilm_torch, *default_model, batch)
+
+
+@pytest.mark.slow
+def test_bert_base_matches_torch(batches, bert_base):
+    for batch in batches.values():
+        assert_matches_torch(*bert_base, batch)
+
+
+def cosine(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_bfloat16_agrees_with_float32(batches, default_model):
+    config, params = default_model
+    for batch in batches.values():
+        full = jax_forward(config, params, batch)
+        half = jax_forward(config.replace(dtype="bfloat16"), params, batch)
+        assert half.last_hidden_state.dtype == jnp.bfloat16
+        mask = batch["attention_mask"]
+        assert cosine(mean_pool(full.last_hidden_state, mask),
+                      mean_pool(half.last_hidden_state, mask)).min() >= 0.999
+
+
+def test_dropout(batches, default_model):
+    config, params = default_model
+    batch = batches["pairs"]
+    first = jax_forward(config, params, batch).last_hidden_state
+    again = jax_forward(config, params, batch, deterministic=True).last_hidden_state
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+    noisy = [jax_forward(config, params, batch, deterministic=False,
+                         rngs={"dropout": jax.random.key(seed)}).last_hidden_state
+             for seed in (0, 1)]
+    assert not np.allclose(noisy[0], noisy[1])
+    assert not np.allclose(noisy[0], first)
+
+
+def test_jit_matches_eager(batches, default_model):
+    config, params = default_model
+    batch = batches["pairs"]
+    model = BertModel(config)
+    apply = jax.jit(lambda p, ids, mask, tt: model.apply({"params": p}, ids, mask, tt))
+    jitted = apply(params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    eager = jax_forward(config, params, batch)
+    np.testing.assert_allclose(jitted.last_hidden_state, eager.last_hidden_state, atol=1e-5)
+    np.testing.assert_allclose(jitted.pooler_output, eager.pooler_output, atol=1e-5)
