@@ -21,6 +21,7 @@ from bert_jax import metrics
 from bert_jax.checkpoints import CheckpointError, load_run
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
+from bert_jax.plots import write_eval_plots
 from bert_jax.tokenizer import Tokenizer
 from train.step import DATA_AXIS, make_mesh, make_predict_step
 
@@ -94,6 +95,7 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
                  progress: bool = True) -> dict:
     """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir`."""
     run = load_run(run_dir, which)
+    max_length = int(json.loads((run.run_dir / "train_config.json").read_text())["max_length"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = data_lib.find_data_dir(data_dir)
@@ -104,19 +106,23 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
         for split in ("dev", "test"):
             name = data_lib.default_file(task, split)
             if name and (base / name).exists():
-                splits[task, split] = data_lib.load_task(base / name, task, split, tokenizer,
-                                                         limit=limit or None, skip_bad_rows=True)
+                splits[task, split] = data_lib.load_task(
+                    base / name, task, split, tokenizer, max_length=max_length,
+                    limit=limit or None, skip_bad_rows=True)
     lengths = np.concatenate([d.lengths for d in splits.values()])
-    buckets = data_lib.choose_buckets(lengths, 512, num_buckets=4)
+    buckets = data_lib.choose_buckets(lengths, max_length, num_buckets=4)
     evaluator = Evaluator(model, make_mesh(), buckets, batch_size)
-    dev_predictions = {}
+    dev_outputs, dev_predictions = {}, {}
     for (task, split), data in splits.items():
-        preds = to_predictions(task, evaluator.outputs(run.params, data, task, progress))
+        outputs = evaluator.outputs(run.params, data, task, progress)
+        preds = to_predictions(task, outputs)
         write_predictions(out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv", task,
                           data.example_ids, preds)
         if split == "dev":
-            dev_predictions[task] = preds
-    scores = score_predictions(dev_predictions, {t: splits[t, "dev"] for t in dev_predictions})
+            dev_outputs[task], dev_predictions[task] = outputs, preds
+    gold = {t: splits[t, "dev"] for t in dev_predictions}
+    scores = score_predictions(dev_predictions, gold)
+    write_eval_plots(out_dir, dev_outputs, {t: d.labels for t, d in gold.items()})
     scores["checkpoint_step"] = run.meta.get("step")
     (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     return scores

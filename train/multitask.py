@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
 from bert_jax.heads import MultitaskBert, init_multitask_params
+from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained, resolve_model_dir
 from bert_jax.tokenizer import Tokenizer
 from train import evaluate as eval_lib
@@ -263,6 +264,7 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                "input_wait_fraction": round(prefetch.wait_seconds / max(elapsed, 1e-9), 4),
                "train_step_compiles": compiles, "buckets": list(run.buckets)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_run_plots(out_dir)
     return summary
 
 

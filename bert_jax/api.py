@@ -1,0 +1,185 @@
+"""`MultitaskModel`: the trained model as a plain Python object.
+
+    from bert_jax import MultitaskModel
+    model = MultitaskModel.load("checkpoints/concat")           # a training run folder
+    labels, probs = model.sentiment(["a gorgeous film", "a mess"])   # int64 [2], float32 [2, 5]
+    p = model.paraphrase(["how do i learn python?"], ["what is the best way to learn python?"])
+    s = model.similarity(["a man plays guitar"], ["a man is playing a guitar"])  # 0..5 scale
+    e = model.embed(["any sentence"])                           # float32 [1, hidden]
+
+Texts are lowercased and stripped (as the data loader does), each sentence is tokenized on its
+own and truncated to `max_length` tokens, then run in fixed-size batches padded to a few fixed
+lengths (`buckets`), so a handful of shapes compile once per model and are reused for any number
+of inputs. Outputs come back in input order.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from bert_jax.config import BertConfig
+from bert_jax.data import TaskData
+from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
+from bert_jax.inference import predict_task
+from bert_jax.tokenizer import Tokenizer
+
+# Padded lengths a call may compile for (those <= max_length, and max_length itself).
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def _as_texts(texts, name: str) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, np.ndarray):
+        texts = texts.tolist()
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a string or a sequence of strings, "
+                        f"not {type(texts).__name__}") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str")
+    return texts
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+class MultitaskModel:
+    """A `MultitaskBert` with its parameters and tokenizer, for prediction.
+
+    Build it with `MultitaskModel.load(run_dir)` or `MultitaskModel.from_pretrained(name)`.
+    `heads_trained` is False for a pretrained encoder with fresh (random) heads: then only
+    `embed` and a cosine `similarity` head are meaningful.
+    """
+
+    def __init__(self, bert_config: BertConfig, heads: HeadConfig, params: Any,
+                 tokenizer: Tokenizer, *, max_length: int = 128, batch_size: int = 32,
+                 buckets: Sequence[int] | None = None, heads_trained: bool = True,
+                 source: str = ""):
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, not {max_length}")
+        max_length = min(max_length, bert_config.max_position_embeddings)
+        self.config, self.heads, self.tokenizer = bert_config, heads, tokenizer
+        self.max_length, self.batch_size = int(max_length), int(batch_size)
+        buckets = DEFAULT_BUCKETS if buckets is None else buckets
+        self.buckets = tuple(sorted({int(b) for b in buckets if b < max_length} | {max_length}))
+        self.heads_trained, self.source = heads_trained, source
+        self.module = MultitaskBert(bert_config, heads)
+        self.params = jax.device_put(params)
+        module = self.module
+        self._predict = jax.jit(
+            lambda p, batch: module.apply({"params": p}, batch, deterministic=True))
+        # Embeddings through the same batching code: pose as task "sst" (one sentence per row).
+        self._embed = jax.jit(lambda p, batch: {"sst": module.apply(
+            {"params": p}, batch["sst_input_ids_1"], batch["sst_attention_mask_1"],
+            method=MultitaskBert.embed)})
+
+    # ------------------------------------------------------------------------------ building
+
+    @classmethod
+    def load(cls, run_dir: str | Path, which: str = "best", **kwargs) -> "MultitaskModel":
+        """From a run folder of `python -m train.multitask` (`which`: "best" or "last").
+
+        `max_length` defaults to the run's training `max_length`; other keyword arguments as
+        `MultitaskModel(...)`. Raises `bert_jax.checkpoints.CheckpointError` for a folder that
+        is not a run.
+        """
+        from bert_jax.checkpoints import load_run
+        run = load_run(run_dir, which)
+        train_config = json.loads((run.run_dir / "train_config.json").read_text())
+        kwargs.setdefault("max_length", int(train_config.get("max_length", 128)))
+        return cls(run.bert_config, run.heads, run.params, Tokenizer(run.vocab_file),
+                   source=str(run_dir), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "all-MiniLM-L6-v2",
+                        heads: HeadConfig = HeadConfig(), seed: int = 0,
+                        **kwargs) -> "MultitaskModel":
+        """A pretrained encoder (the embedded default by name, or a converted / HuggingFace
+        folder) with freshly initialised heads (`seed`). Untrained heads give meaningless
+        sentiment and paraphrase outputs; `embed` and the parameter-free cosine STS head
+        (`heads.sts_head == "cosine"`, the default) work zero-shot."""
+        from bert_jax.pretrained import load_pretrained
+        config, encoder = load_pretrained(name_or_path)
+        params = init_multitask_params(config, heads, jax.random.PRNGKey(seed), encoder)
+        return cls(config, heads, params, Tokenizer.from_pretrained(name_or_path),
+                   heads_trained=False, source=str(name_or_path), **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"MultitaskModel(source={self.source!r}, hidden={self.config.hidden_size}, "
+                f"layers={self.config.num_hidden_layers}, heads={self.heads}, "
+                f"max_length={self.max_length}, heads_trained={self.heads_trained})")
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def _ids(self, texts: list[str]) -> list[np.ndarray]:
+        return self.tokenizer.encode_ids([t.lower().strip() for t in texts], self.max_length)
+
+    def task_data(self, task: str, texts, texts2=None) -> TaskData:
+        """Unlabeled `TaskData` of `task` for the given sentences (pairs for "para"/"sts")."""
+        a = _as_texts(texts, "texts" if texts2 is None else "a")
+        b = None
+        if task == "sst":
+            if texts2 is not None:
+                raise ValueError("sst takes single sentences, not pairs")
+        else:
+            if texts2 is None:
+                raise ValueError(f"{task} needs two lists of sentences (a, b)")
+            b = _as_texts(texts2, "b")
+            if len(a) != len(b):
+                raise ValueError(f"{task}: {len(a)} first sentences but {len(b)} second "
+                                 "sentences; pass two lists of the same length")
+        return TaskData(task=task, ids1=self._ids(a), ids2=None if b is None else self._ids(b),
+                        labels=None, example_ids=[str(i) for i in range(len(a))])
+
+    def outputs(self, task: str, data: TaskData) -> np.ndarray:
+        """Raw head outputs for every example of `data` in order: SST logits float32 [n, 5],
+        paraphrase logits [n], STS scores [n]."""
+        if len(data) == 0:
+            return np.zeros((0, 5) if task == "sst" else (0,), np.float32)
+        return predict_task(self._predict, self.params, data, task, self.batch_size,
+                            self.buckets, pad_id=self.tokenizer.pad_id)
+
+    def raw_outputs(self, task: str, texts, texts2=None) -> np.ndarray:
+        """`outputs` for sentences: `task` "sst" (texts), or "para"/"sts" (texts, texts2)."""
+        return self.outputs(task, self.task_data(task, texts, texts2))
+
+    # ---------------------------------------------------------------------------------- API
+
+    def sentiment(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """SST-5 sentiment: (labels int64 [n] in 0..4 (very negative .. very positive),
+        probabilities float32 [n, 5])."""
+        logits = self.raw_outputs("sst", texts)
+        return logits.argmax(-1).astype(np.int64), _softmax(logits)
+
+    def paraphrase(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Probability that a[i] and b[i] are paraphrases: float32 [n] (> 0.5: predicted 1)."""
+        return _sigmoid(self.raw_outputs("para", a, b))
+
+    def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Semantic similarity of a[i] and b[i] as the STS head predicts it (0..5 scale; the
+        cosine head gives 5 * cos, so -5..5 in principle): float32 [n]."""
+        return self.raw_outputs("sts", a, b).astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings with the model's pooling ([CLS] pooler or masked mean):
+        float32 [n, hidden]."""
+        data = self.task_data("sst", texts)
+        if len(data) == 0:
+            return np.zeros((0, self.config.hidden_size), np.float32)
+        out = predict_task(self._embed, self.params, data, "sst", self.batch_size,
+                           self.buckets, pad_id=self.tokenizer.pad_id)
+        return np.asarray(out, np.float32)

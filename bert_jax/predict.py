@@ -1,0 +1,214 @@
+"""Predict with a trained model: `python -m bert_jax.predict CKPT --task sst|para|sts --input FILE`.
+
+Input forms (detected from the first line):
+- a CS224N file: a header naming `id` and the task's sentence columns (`sentence` for sst,
+  `sentence1` and `sentence2` for para/sts), tab- or comma-separated; other columns (labels,
+  the unnamed index) are ignored;
+- plain lines: one sentence per line for sst, two tab-separated sentences per line for para/sts
+  (blank lines are skipped);
+- `--input -` reads either form from stdin.
+
+Output (stdout, or --output FILE): CSV with `id` (or `line`, the 1-based input line number for
+plain lines) and `prediction` (sst class 0..4, para 0/1, sts score), plus `p0`..`p4` for sst and
+`probability` for para. Exit status 2 for a bad checkpoint or input, with a message.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TASK_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
+                "sts": ("sentence1", "sentence2")}
+_KNOWN_COLUMNS = {"id", "sentence", "sentence1", "sentence2", "sentiment", "is_duplicate",
+                  "similarity"}
+
+
+class InputError(ValueError):
+    """Unusable input: the message says what is wrong and where."""
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    return "id" in [f.strip() for f in fields] or bool(
+        {f.strip() for f in fields} & (_KNOWN_COLUMNS - {"id"}))
+
+
+def parse_input(text: str, task: str, source: str = "input"
+                ) -> tuple[str, list[str], list[list[str]]]:
+    """(id column name, ids, sentence columns) from the text of an input file.
+
+    ids: one string per example ("id" from a CS224N header, else "line" numbers); columns: one
+    list of sentences (sst) or two (para, sts), each as long as ids. Raises InputError.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    want = TASK_COLUMNS[task]
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None:
+        raise InputError(f"{source}: empty input: no sentences")
+    for delimiter in ("\t", ","):
+        header = next(csv.reader([first], delimiter=delimiter))
+        if not _looks_like_header(header):
+            continue
+        names = [h.strip() for h in header]
+        missing = [c for c in ("id",) + want if c not in names]
+        if missing:
+            if delimiter == "," and "\t" in first:
+                continue
+            raise InputError(
+                f"{source}: the header has no column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (task {task!r} needs id, {', '.join(want)}; the header "
+                f"has {', '.join(repr(h) for h in names)}). Use the CS224N file of this task, or "
+                "plain lines without a header")
+        return "id", *_read_table(text, delimiter, want, source)
+    ids, columns = [], [[] for _ in want]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t") if len(want) == 2 else [line]
+        if len(fields) != len(want):
+            raise InputError(
+                f"{source}, line {number}: {len(fields)} tab-separated field"
+                f"{'s' if len(fields) != 1 else ''}; task {task!r} takes two sentences per line "
+                "separated by one tab")
+        if any(not f.strip() for f in fields):
+            raise InputError(f"{source}, line {number}: an empty sentence")
+        ids.append(str(number))
+        for col, f in zip(columns, fields):
+            col.append(f)
+    return "line", ids, columns
+
+
+def _read_table(text: str, delimiter: str, want: tuple[str, ...], source: str):
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader.fieldnames = [h.strip() for h in reader.fieldnames]
+    ids, columns = [], [[] for _ in want]
+    try:
+        for row in reader:
+            values = [row.get(c) for c in ("id",) + want]
+            if any(v is None for v in values):
+                raise InputError(f"{source}, line {reader.line_num}: too few fields for the "
+                                 f"header ({', '.join(reader.fieldnames)})")
+            if any(not v.strip() for v in values):
+                raise InputError(f"{source}, line {reader.line_num}: empty id or sentence")
+            ids.append(values[0].strip())
+            for col, v in zip(columns, values[1:]):
+                col.append(v)
+    except csv.Error as err:
+        raise InputError(f"{source}, line {reader.line_num}: cannot parse ({err})") from None
+    if not ids:
+        raise InputError(f"{source}: a header but no rows")
+    return ids, columns
+
+
+def load_model(ckpt: str, which: str = "best", **kwargs):
+    """A run folder -> `MultitaskModel.load`; a model name or converted/HF folder ->
+    `MultitaskModel.from_pretrained` (fresh heads)."""
+    from bert_jax.api import MultitaskModel
+    from bert_jax.pretrained import is_default_name
+    path = Path(ckpt)
+    if (path / "train_config.json").is_file():
+        return MultitaskModel.load(path, which, **kwargs)
+    if is_default_name(ckpt) or (path / "config.json").is_file():
+        return MultitaskModel.from_pretrained(ckpt, **kwargs)
+    if not path.exists():
+        raise FileNotFoundError(f"{ckpt}: no such run folder. Pass the --out folder of "
+                                "`python -m train.multitask`, or 'all-MiniLM-L6-v2'")
+    raise FileNotFoundError(f"{ckpt}: not a training run folder (no train_config.json) nor a "
+                            "model folder (no config.json)")
+
+
+def write_csv(out, id_name: str, ids: list[str], task: str, outputs: np.ndarray) -> None:
+    """CSV rows for raw head outputs (sst logits [n, 5], para logits [n], sts scores [n])."""
+    writer = csv.writer(out, lineterminator="\n")
+    if task == "sst":
+        z = outputs - outputs.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        writer.writerow([id_name, "prediction"] + [f"p{k}" for k in range(5)])
+        for i, label, p in zip(ids, outputs.argmax(-1), probs):
+            writer.writerow([i, int(label)] + [f"{x:.6f}" for x in p])
+    elif task == "para":
+        probs = 1.0 / (1.0 + np.exp(-outputs.astype(np.float64)))
+        writer.writerow([id_name, "prediction", "probability"])
+        for i, p in zip(ids, probs):
+            writer.writerow([i, int(p > 0.5), f"{p:.6f}"])
+    else:
+        writer.writerow([id_name, "prediction"])
+        for i, s in zip(ids, outputs):
+            writer.writerow([i, f"{float(s):.6f}"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bert_jax.predict", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", metavar="CKPT",
+                        help="a run folder of `python -m train.multitask` (e.g. "
+                             "checkpoints/concat), or 'all-MiniLM-L6-v2' / a converted model "
+                             "folder (untrained heads: only sts with the cosine head is "
+                             "meaningful)")
+    parser.add_argument("--task", required=True, choices=sorted(TASK_COLUMNS),
+                        help="sst: sentiment 0..4; para: paraphrase 0/1; sts: similarity 0..5")
+    parser.add_argument("--input", required=True, metavar="FILE",
+                        help="CS224N CSV/TSV, or plain lines; '-' reads stdin")
+    parser.add_argument("--output", metavar="FILE", help="write the CSV here (default stdout)")
+    parser.add_argument("--which", choices=("best", "last"), default="best",
+                        help="checkpoint of a run folder (default best)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="examples per batch (default 32)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens per sentence (default: the run's training max_length, "
+                             "else 128)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.input == "-":
+            text, source = sys.stdin.read(), "stdin"
+        else:
+            path = Path(args.input)
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            source = str(path)
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}). "
+                                 "Re-save it as UTF-8") from None
+        id_name, ids, columns = parse_input(text, args.task, source)
+        kwargs = {"batch_size": args.batch_size}
+        if args.max_length:
+            kwargs["max_length"] = args.max_length
+        from bert_jax.checkpoints import CheckpointError
+        try:
+            model = load_model(args.ckpt, args.which, **kwargs)
+        except CheckpointError as err:
+            raise InputError(str(err)) from None
+        zero_shot = args.task == "sts" and model.heads.sts_head == "cosine"
+        if not model.heads_trained and not zero_shot:
+            print(f"warning: {args.ckpt} has an untrained {args.task} head: these predictions are "
+                  "random. Fine-tune with `python -m train.multitask` first (only sts with the "
+                  "cosine head works zero-shot)", file=sys.stderr)
+        outputs = model.raw_outputs(args.task, *columns)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.output, "w", newline="") as f:
+                write_csv(f, id_name, ids, args.task, outputs)
+            print(f"wrote {len(ids)} predictions to {args.output}", file=sys.stderr)
+        else:
+            write_csv(sys.stdout, id_name, ids, args.task, outputs)
+    except (ValueError, FileNotFoundError, OSError) as err:  # InputError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`python -m train.analyze`: ranked mistakes per task, and the report file."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from train.analyze import analyze_task, main, to_markdown
+
+
+def test_sst_most_confident_wrong_first():
+    logits = np.log(np.array([[0.9, 0.1, 0, 0, 0], [0.1, 0.6, 0.3, 0, 0],
+                              [0.05, 0.05, 0.8, 0.05, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]]) + 1e-9)
+    gold = np.array([1, 1, 4, 3])
+    a = analyze_task("sst", ["a", "b", "c", "d"], [["s0", "s1", "s2", "s3"]], gold, logits, top=5)
+    assert a.score == 0.25
+    rows = a.tables[0].rows
+    assert [r[4] for r in rows] == ["a", "c", "d"]  # p(pred) 0.9, 0.8, 0.2; "b" is right
+    assert rows[0][:3] == ["0.900", "0", "1"] and rows[0][-1] == "s0"
+
+
+def test_para_false_positives_and_negatives():
+    logits = np.array([3.0, 1.0, -2.0, -0.5, 2.0, -3.0])
+    gold = np.array([0, 0, 1, 1, 1, 0])
+    s1, s2 = [f"x{i}" for i in range(6)], [f"y{i}" for i in range(6)]
+    a = analyze_task("para", [str(i) for i in range(6)], [s1, s2], gold, logits, top=10)
+    fp, fn = a.tables
+    assert [r[1] for r in fp.rows] == ["0", "1"]
+    assert [r[1] for r in fn.rows] == ["2", "3"]  # lowest probability first
+    assert fn.rows[0][2:] == ["x2", "y2"]
+    assert a.score == 2 / 6  # right: 4 (gold 1) and 5 (gold 0)
+
+
+def test_sts_over_and_under_estimates():
+    pred = np.array([4.0, 1.0, 2.5, 0.0, 3.0])
+    gold = np.array([1.0, 1.5, 2.5, 4.0, 2.0])
+    a = analyze_task("sts", list("abcde"), [list("ABCDE"), list("VWXYZ")], gold, pred, top=1)
+    over, under = a.tables
+    assert [r[3] for r in over.rows] == ["a"] and over.rows[0][2] == "+3.000"
+    assert [r[3] for r in under.rows] == ["d"]
+    text = to_markdown([a], "T")
+    assert "### Largest over-estimates" in text and "| 4.000 | 1.000 | +3.000 | a | A | V |" in text
+
+
+def test_markdown_escapes_pipes_and_newlines():
+    a = analyze_task("sst", ["i"], [["a | b\nc"]], np.array([0]), np.array([[0.0, 5, 0, 0, 0]]))
+    assert "a \\| b c" in to_markdown([a], "T")
+
+
+def test_cli_writes_the_report(tiny_run, data_dir, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    code = main([str(tiny_run), "--data-dir", str(data_dir), "--top", "3", "--limit", "24",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    text = out.read_text()
+    assert text.strip() == printed.strip()
+    for heading in ("## SST-5 sentiment", "### Most confident wrong predictions",
+                    "## Quora paraphrase", "### False positives", "### False negatives",
+                    "## STS similarity", "### Largest over-estimates",
+                    "### Largest under-estimates"):
+        assert heading in text
+    assert "24 dev examples" in text
+    # default output: RUN/analysis.md (in a copy: the session run is shared read-only)
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    code = main([str(run), "--data-dir", str(data_dir), "--top", "1", "--limit", "8",
+                 "--tasks", "sts"])
+    assert code == 0 and "## STS similarity" in (run / "analysis.md").read_text()
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "none")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""`MultitaskModel`: scores as train.evaluate's, order, 0/1/many inputs, errors, zero-shot STS."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_jax import data as data_lib
+from bert_jax import metrics
+from bert_jax.api import MultitaskModel
+
+ROOT = Path(__file__).resolve().parents[1]
+N_DEV = 24
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run) -> MultitaskModel:
+    return MultitaskModel.load(tiny_run)
+
+
+def dev_rows(data_dir: Path, task: str, n: int):
+    ds = data_lib.load_split(data_dir / data_lib.default_file(task, "dev"), task,
+                             skip_bad_rows=True).select(range(n))
+    cols = [ds["sentence1"]] + ([ds["sentence2"]] if task != "sst" else [])
+    return ds["id"], cols, np.asarray(ds["label"])
+
+
+def api_predictions(model: MultitaskModel, task: str, cols) -> np.ndarray:
+    if task == "sst":
+        return model.sentiment(cols[0])[0]
+    if task == "para":
+        return (model.paraphrase(*cols) > 0.5).astype(np.int64)
+    return model.similarity(*cols)
+
+
+def read_prediction_file(path: Path) -> tuple[list[str], np.ndarray]:
+    with path.open() as f:
+        rows = list(csv.reader(f))[1:]
+    return [r[0].strip() for r in rows], np.asarray([float(r[1]) for r in rows])
+
+
+def test_scores_and_predictions_equal_train_evaluate(tiny_run, data_dir, tmp_path):
+    from train.evaluate import evaluate_run
+    scores = evaluate_run(tiny_run, tmp_path, str(data_dir), limit=N_DEV, progress=False)
+    model = MultitaskModel.load(tiny_run)  # both use the run's training max_length
+    preds, gold = {}, {}
+    for task in data_lib.TASKS:
+        ids, cols, gold[task] = dev_rows(data_dir, task, N_DEV)
+        preds[task] = api_predictions(model, task, cols)
+        file_ids, file_preds = read_prediction_file(tmp_path / f"{task}-dev-output.csv")
+        assert file_ids == list(ids)
+        if task == "sts":
+            np.testing.assert_allclose(preds[task], file_preds, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(preds[task], file_preds.astype(np.int64))
+    ours = metrics.dev_scores(sst=(preds["sst"], gold["sst"]), para=(preds["para"], gold["para"]),
+                              sts=(preds["sts"], gold["sts"]))
+    for key in ("sst_acc", "para_acc", "sts_r", "overall"):
+        assert ours[key] == pytest.approx(scores[key], abs=1e-5), key
+
+
+def test_default_max_length_reproduces_the_trainers_dev_scores(model, tiny_run, data_dir):
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    best = [r for r in rows if r["best"]][-1]
+    assert model.max_length == 32  # the run's training max_length
+    preds, gold = {}, {}
+    for task in data_lib.TASKS:
+        _, cols, gold[task] = dev_rows(data_dir, task, 16)  # the run's limit_eval
+        preds[task] = api_predictions(model, task, cols)
+    ours = metrics.dev_scores(**{t: (preds[t], gold[t]) for t in data_lib.TASKS})
+    for key in ("sst_acc", "para_acc", "sts_r"):
+        assert ours[key] == pytest.approx(best[key], abs=1e-5), key
+
+
+SENTENCES = ["A gorgeous, witty, seductive movie.", "bad",
+             "The plot is nothing but boilerplate clichés from start to finish, " * 4,
+             "It 's a lovely film with lovely performances .", "meh", "  MIXED case  "]
+
+
+def test_order_is_preserved_and_inputs_are_normalised(model):
+    labels, probs = model.sentiment(SENTENCES)
+    assert labels.dtype == np.int64 and labels.shape == (6,)
+    assert probs.dtype == np.float32 and probs.shape == (6, 5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(labels, probs.argmax(-1))
+    rev_labels, rev_probs = model.sentiment(SENTENCES[::-1])
+    np.testing.assert_allclose(rev_probs[::-1], probs, atol=1e-5)
+    for i, s in enumerate(SENTENCES):  # one at a time == batched
+        np.testing.assert_allclose(model.sentiment([s])[1][0], probs[i], atol=1e-5)
+    # lowercased and stripped as the data loader does
+    np.testing.assert_allclose(model.sentiment(["mixed case"])[1][0], probs[5], atol=1e-6)
+    np.testing.assert_allclose(model.sentiment("meh")[1][0], probs[4], atol=1e-6)  # a lone str
+
+
+def test_zero_one_and_many_inputs(model):
+    labels, probs = model.sentiment([])
+    assert labels.shape == (0,) and probs.shape == (0, 5)
+    assert model.paraphrase([], []).shape == (0,)
+    assert model.similarity([], []).shape == (0,)
+    assert model.embed([]).shape == (0, model.config.hidden_size)
+    many = [f"sentence number {i} " + "word " * (i % 40) for i in range(1000)]
+    labels, probs = model.sentiment(many)
+    assert labels.shape == (1000,) and probs.shape == (1000, 5)
+    for i in (0, 517, 999):
+        np.testing.assert_allclose(model.sentiment([many[i]])[1][0], probs[i], atol=1e-5)
+    p = model.paraphrase(many[:300], many[300:600])
+    assert p.shape == (300,) and p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
+    np.testing.assert_allclose(model.paraphrase([many[7]], [many[307]]), p[7:8], atol=1e-5)
+
+
+def test_embed_and_cosine_similarity_agree(model):
+    a, b = SENTENCES[:3], SENTENCES[3:]
+    ea, eb = model.embed(a), model.embed(b)
+    assert ea.shape == (3, model.config.hidden_size) and ea.dtype == np.float32
+    cos = (ea * eb).sum(-1) / np.linalg.norm(ea, axis=-1) / np.linalg.norm(eb, axis=-1)
+    assert model.heads.sts_head == "cosine"
+    np.testing.assert_allclose(model.similarity(a, b), 5 * cos, atol=1e-4)
+
+
+def test_clear_errors(model):
+    with pytest.raises(ValueError, match="3 first sentences but 2 second"):
+        model.paraphrase(["a", "b", "c"], ["a", "b"])
+    with pytest.raises(ValueError, match="same length"):
+        model.similarity(["a"], [])
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        model.sentiment(["ok", 3])
+    with pytest.raises(Exception, match="not a training run folder"):
+        MultitaskModel.load(Path(__file__).parent)
+
+
+@pytest.mark.slow
+def test_from_pretrained_similarity_works_zero_shot():
+    model = MultitaskModel.from_pretrained("all-MiniLM-L6-v2")
+    assert not model.heads_trained and model.heads.sts_head == "cosine"
+    s = model.similarity(["A man is playing a guitar.", "A man is playing a guitar."],
+                         ["A man plays the guitar.", "The stock market fell sharply today."])
+    assert s[0] > s[1] + 1.0, s
+    assert s[0] > 3.5
+    assert model.embed(["hello"]).shape == (1, 384)
+
+
+def test_importing_bert_jax_stays_light():
+    code = ("import sys, bert_jax; assert 'bert_jax.api' not in sys.modules; "
+            "assert 'datasets' not in sys.modules; print(bert_jax.MultitaskModel.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "MultitaskModel"

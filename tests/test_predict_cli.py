@@ -1,0 +1,156 @@
+"""`python -m bert_jax.predict`: CS224N files, plain lines, stdin, --output, errors."""
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_jax.api import MultitaskModel
+from bert_jax.predict import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return MultitaskModel.load(tiny_run)
+
+
+def head(src: Path, dst: Path, lines: int) -> Path:
+    with src.open(newline="") as f:
+        dst.write_text("".join(f.readline() for _ in range(lines)))
+    return dst
+
+
+def run(argv, capsys, stdin: str | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_cs224n_tsv_sst(tiny_run, data_dir, tmp_path, capsys, model):
+    path = head(data_dir / "ids-sst-dev.csv", tmp_path / "sst.csv", 6)  # header + 5 rows
+    code, out, _ = run([tiny_run, "--task", "sst", "--input", path], capsys)
+    assert code == 0
+    table = rows(out)
+    assert table[0] == ["id", "prediction", "p0", "p1", "p2", "p3", "p4"]
+    with path.open() as f:
+        records = list(csv.DictReader(f, delimiter="\t"))
+    assert [r[0] for r in table[1:]] == [r["id"] for r in records]
+    labels, probs = model.sentiment([r["sentence"] for r in records])
+    assert [int(r[1]) for r in table[1:]] == labels.tolist()
+    np.testing.assert_allclose([[float(x) for x in r[2:]] for r in table[1:]], probs, atol=1e-5)
+
+
+def test_cs224n_test_file_with_odd_header_and_comma_csv(tiny_run, data_dir, tmp_path, capsys):
+    path = head(data_dir / "ids-sst-test-student.csv", tmp_path / "test.csv", 4)
+    code, out, _ = run([tiny_run, "--task", "sst", "--input", path], capsys)
+    assert code == 0 and len(rows(out)) == 4
+    comma = tmp_path / "pairs.csv"
+    comma.write_text('id,sentence1,sentence2\na1,"hi, there",hello there\na2,one,two\n')
+    code, out, _ = run([tiny_run, "--task", "para", "--input", comma], capsys)
+    assert code == 0
+    table = rows(out)
+    assert table[0] == ["id", "prediction", "probability"]
+    assert [r[0] for r in table[1:]] == ["a1", "a2"]
+    assert all(r[1] == str(int(float(r[2]) > 0.5)) for r in table[1:])
+
+
+def test_plain_lines_and_output_file(tiny_run, tmp_path, capsys, model):
+    path = tmp_path / "pairs.txt"
+    path.write_text("a man plays a guitar\ta man is playing the guitar\n\ncats\tdogs\n")
+    out_file = tmp_path / "out" / "sts.csv"
+    code, out, err = run([tiny_run, "--task", "sts", "--input", path, "--output", out_file],
+                         capsys)
+    assert code == 0 and out == "" and "wrote 2 predictions" in err
+    table = rows(out_file.read_text())
+    assert table[0] == ["line", "prediction"]
+    assert [r[0] for r in table[1:]] == ["1", "3"]  # input line numbers, blank line skipped
+    expected = model.similarity(["a man plays a guitar", "cats"],
+                                ["a man is playing the guitar", "dogs"])
+    np.testing.assert_allclose([float(r[1]) for r in table[1:]], expected, atol=1e-5)
+    sst = tmp_path / "sst.txt"
+    sst.write_text("great fun\nawful , tedious mess\n")
+    code, out, _ = run([tiny_run, "--task", "sst", "--input", sst], capsys)
+    assert code == 0 and [r[0] for r in rows(out)[1:]] == ["1", "2"]
+
+
+def test_stdin_in_process(tiny_run, capsys, monkeypatch):
+    code, out, _ = run([tiny_run, "--task", "para", "--input", "-"], capsys,
+                       stdin="how do i learn python?\twhat is the best way to learn python?\n",
+                       monkeypatch=monkeypatch)
+    assert code == 0 and rows(out)[1][0] == "1"
+
+
+def test_stdin_subprocess_and_help(tiny_run):
+    cmd = [sys.executable, "-m", "bert_jax.predict", str(tiny_run), "--task", "sst",
+           "--input", "-"]
+    done = subprocess.run(cmd, input="good\nbad\n", capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert len(rows(done.stdout)) == 3
+    done = subprocess.run([sys.executable, "-m", "bert_jax.predict", "--help"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0
+    for word in ("--task", "--input", "--output", "plain lines", "stdin"):
+        assert word in done.stdout
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("columns", "the header has no column sentence"),
+    ("one_field", "line 2: 1 tab-separated field"),
+    ("empty", "empty input"),
+    ("no_ckpt", "no such run folder"),
+    ("not_run", "not a training run folder"),
+])
+def test_errors_exit_2_with_a_message(case, message, tiny_run, data_dir, tmp_path, capsys):
+    ckpt, task, path = tiny_run, "sst", tmp_path / "in.txt"
+    path.write_text("fine sentence\n")
+    if case == "missing":
+        path = tmp_path / "nope.txt"
+    elif case == "columns":
+        path = head(data_dir / "sts-dev.csv", tmp_path / "sts.csv", 3)
+    elif case == "one_field":
+        task = "para"
+        path.write_text("a\tb\nonly one sentence\n")
+    elif case == "empty":
+        path.write_text("\n\n")
+    elif case == "no_ckpt":
+        ckpt = tmp_path / "no_run"
+    elif case == "not_run":
+        ckpt = tmp_path / "fake"
+        ckpt.mkdir()
+        (ckpt / "train_config.json").write_text("{}")
+    code, out, err = run([ckpt, "--task", task, "--input", path], capsys)
+    assert code == 2 and out == ""
+    assert message in err and err.startswith("error: ")
+
+
+def test_error_has_no_traceback_in_a_subprocess(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bert_jax.predict", str(tmp_path), "--task",
+                           "sst", "--input", str(tmp_path / "missing.txt")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "no such file" in done.stderr
+
+
+@pytest.mark.slow
+def test_pretrained_name_warns_about_untrained_heads(tmp_path, capsys):
+    path = tmp_path / "pairs.txt"
+    path.write_text("a man plays a guitar\ta man is playing the guitar\n")
+    code, out, err = run(["all-MiniLM-L6-v2", "--task", "sts", "--input", path], capsys)
+    assert code == 0 and "warning" not in err  # the cosine STS head works zero-shot
+    assert float(rows(out)[1][1]) > 3.5
+    code, out, err = run(["all-MiniLM-L6-v2", "--task", "para", "--input", path], capsys)
+    assert code == 0 and "untrained para head" in err

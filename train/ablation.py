@@ -1,0 +1,98 @@
+"""Run the report's seven presets in order and tabulate their dev scores.
+
+`python -m train.ablation --out runs/ablation [--limit-train N] [--epoch-scale S] [--limit-eval N]`
+runs each preset (skipping those already finished in --out), appends one JSON line per run to
+`OUT/results.jsonl` (scores, command, wall time, machine), and `--table` prints the markdown table.
+Shortened settings apply to every row alike, so the rows stay comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from train.config import PRESETS, PRESET_NOTES, TrainConfig
+from train.multitask import data_files, train_and_evaluate
+
+ORDER = ("baseline", "multi-dataset", "cosine", "mean-pooling", "multitask", "concat",
+         "more-epochs")
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{device.platform}:{device.device_kind} ({cpu}, {jax.device_count()} device(s))"
+
+
+def shortened(cfg: TrainConfig, limit_train: int, epoch_scale: float, limit_eval: int,
+              seed: int) -> TrainConfig:
+    epochs = max(1, round(cfg.epochs * epoch_scale))
+    return cfg.replace(limit_train=limit_train, limit_eval=limit_eval, epochs=epochs, seed=seed)
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| preset | what it adds | epochs | SST acc | para acc | STS r | overall | wall | seed |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        out.append(f"| `{r['preset']}` | {PRESET_NOTES.get(r['preset'], '')} | {r['epochs']} | "
+                   f"{r['sst_acc']:.3f} | {r['para_acc']:.3f} | {r['sts_r']:.3f} | "
+                   f"{r['overall']:.3f} | {r['wall_seconds'] / 60:.1f} min | {r['seed']} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default="runs/ablation", help="root folder of the runs")
+    parser.add_argument("--presets", default=",".join(ORDER), help="comma-separated presets")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--limit-train", type=int, default=0, help="first N train rows per task")
+    parser.add_argument("--limit-eval", type=int, default=0, help="first N dev rows per task")
+    parser.add_argument("--epoch-scale", type=float, default=1.0,
+                        help="multiply each preset's epochs (at least 1)")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    args = parser.parse_args(argv)
+    root = Path(args.out)
+    results = root / "results.jsonl"
+    done = [json.loads(l) for l in results.open()] if results.exists() else []
+    if args.table:
+        print(table(done))
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    files = data_files(args.data_dir)
+    for name in args.presets.split(","):
+        key = f"{name}-seed{args.seed}"
+        if any(r["run"] == key for r in done):
+            continue
+        cfg = shortened(PRESETS[name], args.limit_train, args.epoch_scale, args.limit_eval,
+                        args.seed)
+        start = time.time()
+        summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0)
+        record = {"run": key, "preset": name, "seed": args.seed, "epochs": cfg.epochs,
+                  "limit_train": args.limit_train, "limit_eval": args.limit_eval,
+                  "wall_seconds": round(time.time() - start, 1), "machine": machine(),
+                  "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                  "data": {f"{t}/{s}": str(p) for (t, s), p in files.items()},
+                  **{k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall")}}
+        with results.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+    print(table([json.loads(l) for l in results.open()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The honest floor: the pretrained encoder with no fine-tuning.
+
+`python -m train.frozen_baseline [--init NAME] [--out FILE]` embeds every sentence once with the
+frozen encoder (mean pooling), then scores dev: STS by 5 x cosine(u, v) zero-shot; SST by a
+multinomial logistic regression on u, and paraphrase by a logistic regression on [|u-v|, u*v],
+both fitted on the training embeddings (full batch, optax L-BFGS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bert_jax import data as data_lib
+from bert_jax import metrics
+from bert_jax.api import MultitaskModel
+from bert_jax.data import TaskData
+from bert_jax.heads import cosine_similarity
+from bert_jax.inference import predict_task
+
+
+def embed_sentences(model: MultitaskModel, ids: list[np.ndarray]) -> np.ndarray:
+    """Frozen embeddings [n, hidden] of tokenized sentences."""
+    data = TaskData(task="sst", ids1=ids, ids2=None, labels=None,
+                    example_ids=[str(i) for i in range(len(ids))])
+    return np.asarray(predict_task(model._embed, model.params, data, "sst", model.batch_size,
+                                   model.buckets, pad_id=model.tokenizer.pad_id), np.float32)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-4,
+                 steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression weights [d, classes] and bias [classes] by L-BFGS on standardised x."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p):
+        logits = x @ p["w"] + p["b"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return ce + l2 * jnp.sum(p["w"] ** 2)
+
+    params = {"w": jnp.zeros((x.shape[1], classes)), "b": jnp.zeros(classes)}
+    solver = optax.lbfgs()
+    state = solver.init(params)
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return np.asarray(params["w"]), np.asarray(params["b"])
+
+
+def _pair_features(u, v):
+    return np.concatenate([np.abs(u - v), u * v], axis=1)
+
+
+def _standardise(train, *others):
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def run(init: str = "all-MiniLM-L6-v2", data_dir: str | None = None, max_length: int = 128,
+        limit_train: int = 0) -> dict:
+    model = MultitaskModel.from_pretrained(init, max_length=max_length, batch_size=64)
+    base = data_lib.find_data_dir(data_dir)
+    load = lambda task, split, limit=0: data_lib.load_task(
+        base, task, split, model.tokenizer, max_length=max_length, limit=limit or None,
+        skip_bad_rows=True)
+    scores = {}
+    sst_train, sst_dev = load("sst", "train", limit_train), load("sst", "dev")
+    x_train, x_dev = _standardise(embed_sentences(model, sst_train.ids1),
+                                  embed_sentences(model, sst_dev.ids1))
+    w, b = fit_logistic(x_train, sst_train.labels, 5)
+    scores["sst_acc"] = metrics.accuracy((x_dev @ w + b).argmax(1), sst_dev.labels)
+
+    para_train, para_dev = load("para", "train", limit_train), load("para", "dev")
+    f_train = _pair_features(embed_sentences(model, para_train.ids1),
+                             embed_sentences(model, para_train.ids2))
+    f_dev = _pair_features(embed_sentences(model, para_dev.ids1),
+                           embed_sentences(model, para_dev.ids2))
+    f_train, f_dev = _standardise(f_train, f_dev)
+    w, b = fit_logistic(f_train, para_train.labels, 2)
+    scores["para_acc"] = metrics.accuracy((f_dev @ w + b).argmax(1), para_dev.labels)
+
+    sts_dev = load("sts", "dev")
+    cos = cosine_similarity(jnp.asarray(embed_sentences(model, sts_dev.ids1)),
+                            jnp.asarray(embed_sentences(model, sts_dev.ids2)))
+    scores["sts_r"] = metrics.pearson(5.0 * np.asarray(cos), sts_dev.labels)
+    scores["overall"] = metrics.overall_score(scores["sst_acc"], scores["para_acc"],
+                                              scores["sts_r"])
+    return {k: float(v) for k, v in scores.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.frozen_baseline", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--init", default="all-MiniLM-L6-v2")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--limit-train", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the scores as JSON here")
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        scores = run(args.init, args.data_dir, args.max_length, args.limit_train)
+    except (data_lib.DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    scores["wall_seconds"] = round(time.time() - start, 1)
+    text = json.dumps(scores, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
