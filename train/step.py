@@ -7,7 +7,6 @@ the same code with a mesh of one.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax
@@ -18,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bert_jax.heads import MultitaskBert
-from train.config import TASKS, TrainConfig
+from train.config import TrainConfig
 
 DATA_AXIS = "data"
 
@@ -145,8 +144,3 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> No
         raise ValueError(
             f"the global {what} {batch_size} does not split evenly over {devices} devices: "
             f"use a multiple of {devices} (e.g. --batch-size {devices * max(1, batch_size // devices)})")
-
-
-@functools.lru_cache(maxsize=None)
-def _tasks_in(keys: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(t for t in TASKS if f"{t}_input_ids_1" in keys)
