@@ -8,6 +8,7 @@ Shortened settings apply to every row alike, so the rows stay comparable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -42,11 +43,27 @@ def shortened(cfg: TrainConfig, limit_train: int, epoch_scale: float, limit_eval
     return cfg.replace(limit_train=limit_train, limit_eval=limit_eval, epochs=epochs, seed=seed)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["lr=1e-4", ...] -> {"lr": 1e-4}, typed as the TrainConfig field."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"error: --set {item}: no TrainConfig field {name!r}")
+        kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+        out[name] = kind.get(str(fields[name]), str)(value)
+    return out
+
+
 def table(rows: list[dict]) -> str:
     out = ["| preset | what it adds | epochs | SST acc | para acc | STS r | overall | wall | seed |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        out.append(f"| `{r['preset']}` | {PRESET_NOTES.get(r['preset'], '')} | {r['epochs']} | "
+        note = PRESET_NOTES.get(r.get("base_preset", r["preset"]), "")
+        if r.get("overrides"):
+            note = "settings changed: " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        out.append(f"| `{r['preset']}` | {note} | {r['epochs']} | "
                    f"{r['sst_acc']:.3f} | {r['para_acc']:.3f} | {r['sts_r']:.3f} | "
                    f"{r['overall']:.3f} | {r['wall_seconds'] / 60:.1f} min | {r['seed']} |")
     return "\n".join(out)
@@ -63,6 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epoch-scale", type=float, default=1.0,
                         help="multiply each preset's epochs (at least 1)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig field for every run (e.g. --set lr=1e-4); "
+                             "named in the run's key and the table")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     args = parser.parse_args(argv)
     root = Path(args.out)
@@ -73,15 +93,18 @@ def main(argv=None) -> int:
         return 0
     root.mkdir(parents=True, exist_ok=True)
     files = data_files(args.data_dir)
+    overrides = parse_overrides(args.set)
+    suffix = "".join(f"-{k}={v}" for k, v in overrides.items())
     for name in args.presets.split(","):
-        key = f"{name}-seed{args.seed}"
+        key = f"{name}{suffix}-seed{args.seed}"
         if any(r["run"] == key for r in done):
             continue
-        cfg = shortened(PRESETS[name], args.limit_train, args.epoch_scale, args.limit_eval,
-                        args.seed)
+        cfg = shortened(PRESETS[name].replace(**overrides), args.limit_train, args.epoch_scale,
+                        args.limit_eval, args.seed)
         start = time.time()
         summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0)
-        record = {"run": key, "preset": name, "seed": args.seed, "epochs": cfg.epochs,
+        record = {"run": key, "preset": name + suffix, "base_preset": name,
+                  "overrides": overrides, "seed": args.seed, "epochs": cfg.epochs,
                   "limit_train": args.limit_train, "limit_eval": args.limit_eval,
                   "wall_seconds": round(time.time() - start, 1), "machine": machine(),
                   "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
