@@ -66,6 +66,16 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
+def check_cudnn_attention(dtype) -> None:
+    """cuDNN fused attention needs an NVIDIA GPU and float16/bfloat16 compute."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention_impl 'cudnn' needs an NVIDIA GPU; this backend is "
+                         f"{jax.default_backend()!r}: use attention_impl 'xla'")
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention_impl 'cudnn' needs dtype bfloat16 or float16, not "
+                         f"{jnp.dtype(dtype).name}: pass --dtype bfloat16")
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`: [B, T, D] -> [B, T, D].
 
@@ -87,6 +97,7 @@ class BertSelfAttention(nn.Module):
         keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
         probs_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
         if cfg.attention_impl == "cudnn":
+            check_cudnn_attention(q.dtype)
             lengths = attention_mask.sum(-1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(
                 q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,

@@ -136,3 +136,16 @@ def test_jit_matches_eager(batches, default_model):
     eager = jax_forward(config, params, batch)
     np.testing.assert_allclose(jitted.last_hidden_state, eager.last_hidden_state, atol=1e-5)
     np.testing.assert_allclose(jitted.pooler_output, eager.pooler_output, atol=1e-5)
+
+
+def test_cudnn_attention_is_refused_off_gpu_with_a_clear_message():
+    import jax
+    import jax.numpy as jnp
+    from bert_jax.config import PRESETS
+    from bert_jax.model import BertModel, init_params
+    if jax.default_backend() == "gpu":
+        pytest.skip("runs where there is no GPU")
+    config = PRESETS["tiny"].replace(attention_impl="cudnn", dtype="bfloat16")
+    params = init_params(PRESETS["tiny"], jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        BertModel(config).apply({"params": params}, jnp.ones((1, 4), jnp.int32))
