@@ -131,3 +131,26 @@ def test_data_parallel_on_four_devices_equals_one_device():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "max param diff" in result.stdout
+
+
+def test_head_learning_rate_applies_to_heads_only():
+    model, params, cfg = _tiny_setup(lr=1e-5)
+    params = jax.device_get(params)  # host copy: the step donates (deletes) device buffers
+    mesh = make_mesh(jax.devices()[:1])
+    batch = synthetic_batch(np.random.default_rng(4))
+    moved = {}
+    for head_lr in (0.0, 1e-2):
+        tx = make_optimizer(cfg.replace(head_lr=head_lr), 10)
+        state, _ = make_train_step(model, tx, mesh, deterministic=True)(
+            create_state(jax.tree.map(jnp.asarray, params), tx, 0, mesh), shard_batch(batch, mesh))
+        new = jax.device_get(state.params)
+        moved[head_lr] = {k: float(np.abs(new[k]["kernel"] - params[k]["kernel"]).max())
+                          for k in ("sst_classifier", "para_classifier")}
+        moved[head_lr]["bert"] = float(np.abs(
+            new["bert"]["pooler"]["dense"]["kernel"] - params["bert"]["pooler"]["dense"]["kernel"]
+        ).max())
+    # Adam's first step moves each parameter by about its learning rate.
+    assert moved[0.0]["sst_classifier"] == pytest.approx(1e-5, rel=0.05)
+    assert moved[1e-2]["sst_classifier"] == pytest.approx(1e-2, rel=0.05)
+    assert moved[1e-2]["para_classifier"] == pytest.approx(1e-2, rel=0.05)
+    assert moved[1e-2]["bert"] == pytest.approx(moved[0.0]["bert"], rel=1e-3)

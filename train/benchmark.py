@@ -429,7 +429,9 @@ def check_same_loss(jax_runner: JaxTrainRunner, torch_model, arrays, device: str
     loss_jax = float(sum(task_losses(out, arrays).values()))
     ids, mask, labels, b = torch_batch(arrays, device)
     torch_model.eval()
-    with torch.no_grad():
+    dtype = jax_runner.model.config.dtype
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=getattr(torch, dtype),
+                                         enabled=dtype != "float32"):
         loss_torch = float(torch_losses(torch_model(ids, mask, b), labels))
     torch_model.train()
     return {"loss_jax": loss_jax, "loss_torch": loss_torch,
@@ -504,6 +506,14 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
             runners.append(TorchTrainRunner(compiled_model, args.lr, torch_device, args.dtype,
                                             True))
     timed = time_train(runners, batches, weights, args.repeats, args.warmup)
+    profiles = {}
+    if args.profile and batch_size == args.batch_size:
+        lengths = list(batches) if args.seq_len else [max(weights, key=weights.get)]
+        for T in lengths:
+            profiles[T] = {"jax": profile_jax(jax_runner, jax_runner.prepare(batches[T]))}
+            eager = [r for r in runners if r.name == "torch_eager"]
+            if eager:
+                profiles[T]["torch_eager"] = profile_torch(eager[0], eager[0].prepare(batches[T]))
 
     n_params = non_embedding_params(params)
     seqs = 5 * batch_size
@@ -518,6 +528,8 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
                            "lengths": list(batches), "length_weights": weights,
                            "padded_tokens_per_step": padded, "real_tokens_per_step": real,
                            "model_flops_per_step": flops, "same_loss_check": check}
+    if profiles:
+        res["profile"] = profiles
     if plan is not None:
         res.update({"pipeline_steps": plan["steps"], "pipeline_step_counts": plan["counts"],
                     "pipeline_distinct_step_shapes": plan["distinct_shapes"],
@@ -552,6 +564,120 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
     del jax_runner, runners
     jax.clear_caches()
     return res
+
+
+# -------------------------------------------------------------------------------- profiles
+
+def _phase(op_name: str) -> str:
+    if "transpose(jvp(" in op_name:
+        return "backward"
+    if "jvp(" in op_name:
+        return "forward"
+    return "optimizer+other"
+
+
+def _kind(event: str) -> str:
+    import re
+    base = re.sub(r"[.\d]+$", "", event)
+    if base in ("dot", "custom-call") or base.endswith(("ynn_fusion", "xnn_fusion")) \
+            or "onednn" in base or "gemm" in base or "cublas" in base:
+        return "matmul"
+    if base.startswith(("copy", "transpose")) or "transpose" in base:
+        return "copy/transpose"
+    if base.startswith("all-reduce"):
+        return "all-reduce"
+    if base in ("broadcast", "wrapped_broadcast"):
+        return "broadcast (fill)"
+    if base in ("while", "scatter", "wrapped_scatter"):
+        return base.replace("wrapped_", "")
+    return "elementwise/reduce fusions"
+
+
+def profile_jax(runner: "JaxTrainRunner", batch, steps: int = 3) -> dict:
+    """Op time of the compiled JAX step from a jax.profiler trace, summed over threads and split
+    by phase (from each HLO instruction's op_name: forward, backward, optimizer+other) and kind."""
+    import collections
+    import re
+    import tempfile
+    import jax
+    hlo = runner.step.lower(runner.state, batch).compile().as_text()
+    op_names = {m.group(1): m.group(2) for m in re.finditer(
+        r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', hlo)}
+    runner.run(batch)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        with jax.profiler.trace(folder):
+            for _ in range(steps):
+                runner.run(batch)
+        wall = (time.perf_counter() - start) / steps
+        path = next(Path(folder).rglob("*.xplane.pb"))
+        data = jax.profiler.ProfileData.from_file(str(path))
+    by_phase, by_kind, by_op = collections.Counter(), collections.Counter(), collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if line.name == "python" or "XLA" not in line.name:
+                continue
+            for ev in line.events:
+                if ev.name.startswith("ThunkExecutor") or "Await" in ev.name \
+                        or ev.name not in op_names and not re.search(r"\.\d+$|^[a-z\-_]+$", ev.name):
+                    continue
+                secs = ev.duration_ns / 1e9 / steps
+                by_phase[_phase(op_names.get(ev.name, ""))] += secs
+                by_kind[_kind(ev.name)] += secs
+                by_op[ev.name] += secs
+    total = sum(by_phase.values())
+    top = [{"op": name, "seconds": sec, "phase": _phase(op_names.get(name, "")),
+            "op_name": op_names.get(name, "")[-90:]} for name, sec in by_op.most_common(12)]
+    return {"wall_seconds_per_step": wall, "op_seconds_per_step": total,
+            "by_phase": dict(by_phase.most_common()), "by_kind": dict(by_kind.most_common()),
+            "top_ops": top}
+
+
+def profile_torch(runner: "TorchTrainRunner", batch, steps: int = 3) -> dict:
+    """Wall time of the PyTorch step's phases (forward+losses, backward, AdamW), and the top ops
+    by self CPU time from torch.profiler."""
+    import torch
+    ids, mask, labels, b = batch
+    phases = {"forward": [], "backward": [], "optimizer": []}
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = runner.loss_fn(ids, mask, labels, b)
+        runner.sync()
+        t1 = time.perf_counter()
+        runner.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        runner.sync()
+        t2 = time.perf_counter()
+        runner.opt.step()
+        runner.sync()
+        t3 = time.perf_counter()
+        for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+            phases[k].append(v)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            runner.run(batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [{"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6 / steps,
+            "calls": e.count // steps} for e in events[:12]]
+    return {"by_phase": {k: median(v) for k, v in phases.items()}, "top_ops": top}
+
+
+def print_profiles(profiles: dict) -> None:
+    for length, prof in profiles.items():
+        j, t = prof.get("jax"), prof.get("torch_eager")
+        print(f"\nprofile at T={length}:")
+        if j:
+            print(f"  JAX: wall {j['wall_seconds_per_step'] * 1e3:.0f} ms/step, op time summed "
+                  f"over threads {j['op_seconds_per_step'] * 1e3:.0f} ms")
+            print("    by phase: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in j["by_phase"].items()))
+            print("    by kind:  " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in j["by_kind"].items()))
+            print("    top ops:  " + "; ".join(f"{o['op']} {o['seconds'] * 1e3:.1f} ms ({o['phase']})"
+                                               for o in j["top_ops"][:6]))
+        if t:
+            print("  PyTorch eager by phase (wall): " + ", ".join(
+                f"{k} {v * 1e3:.0f} ms" for k, v in t["by_phase"].items()))
+            print("    top ops (self CPU): " + "; ".join(
+                f"{o['op']} {o['self_seconds'] * 1e3:.1f} ms x{o['calls']}" for o in t["top_ops"][:8]))
 
 
 # -------------------------------------------------------------------------------- encoding
@@ -850,6 +976,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step (the most used length) of JAX (jax.profiler, op "
+                        "time by forward/backward/optimizer) and PyTorch eager (torch.profiler)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--plot", default=None,
                    help="PNG of train sentences/s against batch size (needs --sizes)")
@@ -935,6 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     res["machine_busy"] = bool(platform_name == "cpu" and busy > 0.5 * cpus + 1)
     print_report(res)
+    if res.get("profile"):
+        print_profiles(res["profile"])
     if res["machine_busy"]:
         print(f"\nnote: load average {busy} on {cpus} CPUs: other work shared the machine; "
               "rerun when it is quiet for stable numbers")

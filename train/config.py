@@ -35,6 +35,7 @@ class TrainConfig:
     epoch_steps: str = "max"             # multitask epoch: "max" | "min" of the tasks' batches
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
     lr: float = 1e-5
+    head_lr: float = 0.0                 # learning rate of the task heads; 0 = same as lr
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999

@@ -308,6 +308,8 @@ _HELP = {
     "max_steps": "stop after this many steps in all (0: no limit); dev scores still computed",
     "limit_train": "use only the first N training examples of each task (0: all)",
     "limit_eval": "evaluate on the first N dev examples of each task (0: all)",
+    "head_lr": "learning rate of the task heads (0: the same as --lr); fresh heads learn "
+               "slowly at the encoder's 1e-5",
     "nonfinite": "on a non-finite loss: 'stop' the run, or 'skip' the step and go on",
     "num_buckets": "number of static padded lengths (each compiles once)",
     "group_by_length": "batch examples of similar length together (less padding)",

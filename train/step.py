@@ -49,9 +49,20 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping."""
-    adamw = optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay)
+    """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping.
+
+    With `head_lr > 0` the task heads (every parameter outside `bert/`) get their own learning
+    rate, on the same warm-up/decay schedule; otherwise every parameter uses `lr`.
+    """
+    def adamw_at(lr):
+        return optax.adamw(make_schedule(cfg.replace(lr=lr), total_steps), b1=cfg.b1, b2=cfg.b2,
+                           eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+    adamw = adamw_at(cfg.lr)
+    if cfg.head_lr > 0:
+        labels = lambda params: {k: jax.tree.map(lambda _: "encoder" if k == "bert" else "heads", v)
+                                 for k, v in params.items()}
+        adamw = optax.multi_transform({"encoder": adamw, "heads": adamw_at(cfg.head_lr)}, labels)
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
