@@ -66,3 +66,13 @@ def tiny_run(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     train_and_evaluate(cfg, out, data_dir=str(data_dir), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded default's WordPiece tokenizer (skips when the weights package is absent)."""
+    from bert_jax.tokenizer import Tokenizer
+    try:
+        return Tokenizer.from_pretrained("default")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bert_jax import data as D
-from bert_jax.tokenizer import Tokenizer
 
 HEADERS = {"sst": ["", "id", "sentence", "sentiment"],
            "para": ["", "id", "sentence1", "sentence2", "is_duplicate"],
@@ -188,14 +187,6 @@ def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
     # every row bad: still an error
     p = sst_file(tmp_path, [("a", "", "1"), ("b", "x", "9")], "allbad.csv")
     raises(p, match="no usable rows: all 2 rows are bad", hint=None, skip_bad_rows=True)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return Tokenizer.from_pretrained("default")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
 
 
 def test_long_sentence_truncated_and_counted(tmp_path, tokenizer, caplog):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from bert_jax import data as D
-from bert_jax.tokenizer import Tokenizer
 
 # (file, task, labeled, rows in the README)
 FILES = [
@@ -26,14 +25,6 @@ FILES = [
 ]
 # quora-dev.csv has two rows the loader rejects: no label (and, in the second, no sentence2).
 KNOWN_BAD = {"quora-dev.csv": [2577, 14222]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return Tokenizer.from_pretrained("default")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
