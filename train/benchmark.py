@@ -688,7 +688,7 @@ def bench_encode(args, data: BenchData, config, params, heads, torch_device: str
     import jax
     import torch
     import transformers
-    from bert_jax.data import bucket_length
+    from bert_jax.data import bucket_length, choose_buckets
     from bert_jax.heads import MultitaskBert
     from bert_jax.pretrained import embedded_model_dir
     from bert_jax.tokenizer import pad_ids
@@ -697,7 +697,9 @@ def bench_encode(args, data: BenchData, config, params, heads, torch_device: str
     n, bs = len(ids), args.encode_batch_size
     lengths = np.asarray([len(r) for r in ids])
 
-    # JAX, as the project evaluates: sorted by length, padded to buckets, last batch filled up.
+    # JAX, as the project evaluates (train.evaluate): buckets chosen over the sentences' lengths,
+    # batches sorted by length and padded to their bucket, the last batch filled up.
+    buckets = choose_buckets(lengths, data.cfg.max_length, num_buckets=data.cfg.num_buckets)
     model = MultitaskBert(config, heads)
     dev_params = jax.device_put(params)
     embed = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m,
@@ -709,7 +711,7 @@ def bench_encode(args, data: BenchData, config, params, heads, torch_device: str
         real = len(idx)
         if real < bs:
             idx = np.concatenate([idx, np.full(bs - real, idx[-1])])
-        length = bucket_length(int(lengths[idx].max()), data.buckets)
+        length = bucket_length(int(lengths[idx].max()), buckets)
         i, m = pad_ids([ids[j] for j in idx], length, data.tokenizer.pad_id)
         jax_batches.append((i, m, real, idx[:real]))
 
@@ -781,7 +783,7 @@ def bench_encode(args, data: BenchData, config, params, heads, torch_device: str
     real_tokens = int(lengths.sum())
     res: dict[str, Any] = {
         "encode_sentences": n, "encode_batch_size": bs, "encode_real_tokens": real_tokens,
-        "encode_buckets": sorted({int(i.shape[1]) for i, *_ in jax_batches}),
+        "encode_buckets": list(buckets),
         "encode_padding_waste_jax": 1 - real_tokens / padded["jax"],
         "num_compiles_encode": int(embed._cache_size()) if hasattr(embed, "_cache_size") else None,
     }
@@ -885,7 +887,8 @@ def print_report(res: dict) -> None:
               f"{res[f'encode_seq_per_s_{name}']:8.1f} {res[f'encode_tokens_per_s_{name}']:10.0f}"
               f"  {fmt(waste, '.1%'):>6} {res[f'encode_flops_per_s_{name}'] / 1e9:8.1f} "
               f"{fmt(res[f'encode_mfu_{name}'], '.1%'):>6}")
-        p(f"  JAX throughput / torch = {fmt(res.get('encode_ratio_vs_torch'), '.2f')}; / torch on "
+        p(f"  JAX buckets {res['encode_buckets']}; JAX throughput / torch = "
+          f"{fmt(res.get('encode_ratio_vs_torch'), '.2f')}; / torch on "
           f"the same sorted batches = {fmt(res.get('encode_ratio_vs_torch_sorted'), '.2f')}; "
           f"JAX compile {res['compile_seconds_jax_encode']:.1f} s for "
           f"{res['num_compiles_encode']} shapes")
