@@ -1,7 +1,8 @@
 """Task heads on a shared BERT encoder: `MultitaskBert`.
 
 One encoder pass embeds every sentence of a step (SST sentences, both sides of each paraphrase
-and STS pair), then each head reads its slice. Heads follow the report:
+and STS pair), then each head reads its slice. The sentences come padded ([B, T] per task) or
+packed several to a row (`bert_jax.packing`). Heads follow the report:
 - SST: dropout -> linear -> 5 logits.
 - Paraphrase: "diff" (u - v -> dropout -> linear -> 1 logit) or "concat"
   ([|u - v|, u * v] -> dropout -> dense(hidden) -> ReLU -> dense(1 logit)).
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
-from bert_jax.model import BertModel, mean_pool
+from bert_jax.model import BertModel, mean_pool, segment_mean_pool
 
 POOLINGS = ("cls", "mean")
 PARA_HEADS = ("diff", "concat")
@@ -62,6 +63,11 @@ class MultitaskBert(nn.Module):
     `{task}_attention_mask_{k}` int arrays [B_task, T] (k = "1", and "2" for pair tasks; every
     array of a call shares T). It returns `{"sst": logits [B, 5], "para": logits [B],
     "sts": scores [B]}` for the tasks present.
+
+    Packed batches instead hold `packed_input_ids`, `packed_segment_ids`, `packed_position_ids`
+    [R, L] (see `bert_jax.packing`) and `{task}_labels` [B_task] for the tasks present; segment
+    ids number the sentences in `TASK_SENTENCES` order: the B_sst SST sentences, then the first
+    and the second sentences of the B_para pairs, then those of the B_sts pairs.
     """
     config: BertConfig
     heads: HeadConfig = HeadConfig()
@@ -87,6 +93,16 @@ class MultitaskBert(nn.Module):
             return out.pooler_output.astype(jnp.float32)
         return mean_pool(out.last_hidden_state, attention_mask)
 
+    def embed_packed(self, input_ids, segment_ids, position_ids, num_segments: int,
+                     deterministic: bool = True) -> jax.Array:
+        """Sentence embeddings [num_segments, D] (float32) for packed rows [R, L]."""
+        out = self.bert(input_ids, None, jnp.zeros_like(input_ids), deterministic=deterministic,
+                        position_ids=position_ids, segment_ids=segment_ids,
+                        num_segments=num_segments)
+        if self.heads.pooling == "cls":
+            return out.pooler_output.astype(jnp.float32)
+        return segment_mean_pool(out.last_hidden_state, segment_ids, num_segments)
+
     def sst_logits(self, u, deterministic: bool = True) -> jax.Array:
         """[B, D] -> [B, 5] sentiment logits."""
         return self.sst_classifier(self.dropout(u, deterministic=deterministic)).astype(jnp.float32)
@@ -108,14 +124,21 @@ class MultitaskBert(nn.Module):
         return self.sts_regressor(x)[:, 0].astype(jnp.float32)
 
     def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True):
-        tasks = [t for t in TASK_SENTENCES if f"{t}_input_ids_1" in batch]
+        packed = "packed_input_ids" in batch
+        marker = "{}_labels" if packed else "{}_input_ids_1"
+        tasks = [t for t in TASK_SENTENCES if marker.format(t) in batch]
         if not tasks:
             raise ValueError(f"the batch holds no task inputs: keys {sorted(batch)}")
         keys = [(t, k) for t in tasks for k in TASK_SENTENCES[t]]
-        ids = jnp.concatenate([batch[f"{t}_input_ids_{k}"] for t, k in keys])
-        mask = jnp.concatenate([batch[f"{t}_attention_mask_{k}"] for t, k in keys])
-        pooled = self.embed(ids, mask, deterministic)
-        sizes = [batch[f"{t}_input_ids_{k}"].shape[0] for t, k in keys]
+        if packed:
+            sizes = [batch[f"{t}_labels"].shape[0] for t, k in keys]
+            pooled = self.embed_packed(batch["packed_input_ids"], batch["packed_segment_ids"],
+                                       batch["packed_position_ids"], sum(sizes), deterministic)
+        else:
+            ids = jnp.concatenate([batch[f"{t}_input_ids_{k}"] for t, k in keys])
+            mask = jnp.concatenate([batch[f"{t}_attention_mask_{k}"] for t, k in keys])
+            pooled = self.embed(ids, mask, deterministic)
+            sizes = [batch[f"{t}_input_ids_{k}"].shape[0] for t, k in keys]
         splits = jnp.split(pooled, np.cumsum(sizes)[:-1].tolist())
         emb = dict(zip(keys, splits))
         out = {}

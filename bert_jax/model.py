@@ -51,14 +51,14 @@ class BertEmbeddings(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool = True):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool = True, position_ids=None):
         cfg = self.config
         init = nn.initializers.normal(stddev=0.02)
 
         def embed(num, name):
             return nn.Embed(num, cfg.hidden_size, embedding_init=init, name=name, **_dtypes(cfg))
 
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        positions = jnp.arange(input_ids.shape[-1])[None, :] if position_ids is None else position_ids
         x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
              + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
              + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
@@ -79,25 +79,34 @@ def check_cudnn_attention(dtype) -> None:
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`: [B, T, D] -> [B, T, D].
 
-    The padding mask comes from `attention_mask` [B, T] (1 = token, 0 = padding). With the "xla"
-    implementation and dropout active, attention probabilities get dropout as in PyTorch BERT (an
-    explicit softmax path); "cudnn" takes the padding as sequence lengths (right padding) and has
-    no attention-probability dropout.
+    The padding mask comes from `attention_mask` [B, T] (1 = token, 0 = padding). With
+    `segment_ids` [B, T] (packed rows: several sentences per row, 1, 2, ... per sentence, 0 for
+    padding) a token attends only to tokens of its own sentence. With the "xla" implementation and
+    dropout active, attention probabilities get dropout as in PyTorch BERT (an explicit softmax
+    path); "cudnn" takes the padding as sequence lengths (right padding), has no
+    attention-probability dropout and no packed rows.
     """
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+    def __call__(self, hidden, attention_mask, deterministic: bool = True, segment_ids=None):
         cfg = self.config
         batch, length, _ = hidden.shape
         split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
         q = split(_dense(cfg, cfg.hidden_size, "query")(hidden))
         k = split(_dense(cfg, cfg.hidden_size, "key")(hidden))
         v = split(_dense(cfg, cfg.hidden_size, "value")(hidden))
-        keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
+        if segment_ids is None:
+            keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
+        else:  # [B, 1, T, T]: same sentence, and the key is not padding
+            keep = ((segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+                    & (segment_ids > 0)[:, None, None, :])
         probs_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
         if cfg.attention_impl == "cudnn":
             check_cudnn_attention(q.dtype)
+            if segment_ids is not None:
+                raise ValueError("attention_impl 'cudnn' does not take packed rows "
+                                 "(segment_ids): use attention_impl 'xla', or --no-pack")
             lengths = attention_mask.sum(-1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(
                 q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
@@ -130,8 +139,9 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool = True):
-        attended = BertSelfAttention(self.config, name="self")(hidden, attention_mask, deterministic)
+    def __call__(self, hidden, attention_mask, deterministic: bool = True, segment_ids=None):
+        attended = BertSelfAttention(self.config, name="self")(hidden, attention_mask, deterministic,
+                                                               segment_ids)
         return BertDenseOutput(self.config, name="output")(attended, hidden, deterministic)
 
 
@@ -150,9 +160,10 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+    def __call__(self, hidden, attention_mask, deterministic: bool = True, segment_ids=None):
         cfg = self.config
-        hidden = BertAttention(cfg, name="attention")(hidden, attention_mask, deterministic)
+        hidden = BertAttention(cfg, name="attention")(hidden, attention_mask, deterministic,
+                                                      segment_ids)
         inner = BertIntermediate(cfg, name="intermediate")(hidden)
         return BertDenseOutput(cfg, name="output")(inner, hidden, deterministic)
 
@@ -162,9 +173,10 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool = True):
+    def __call__(self, hidden, attention_mask, deterministic: bool = True, segment_ids=None):
         for i in range(self.config.num_hidden_layers):
-            hidden = BertLayer(self.config, name=f"layer_{i}")(hidden, attention_mask, deterministic)
+            hidden = BertLayer(self.config, name=f"layer_{i}")(hidden, attention_mask, deterministic,
+                                                               segment_ids)
         return hidden
 
 
@@ -183,21 +195,37 @@ class BertModel(nn.Module):
     `apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic=True)`
     with int arrays [B, T] returns `BertOutput`. Dropout is active only with
     `deterministic=False` and a `dropout` rng (`rngs={"dropout": key}`).
+
+    Packed rows (several sentences per row, no padding between them): pass `segment_ids` [B, T]
+    (1 .. num_segments, one per sentence; 0 = padding), `position_ids` [B, T] (restarting at 0 for
+    each sentence) and `num_segments` (static). Attention stays within a sentence, so each
+    sentence's hidden states equal those of an unpacked pass; `pooler_output` is then
+    [num_segments, D], the pooler over each sentence's first token.
     """
     config: BertConfig
     add_pooling_layer: bool = True
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-                 deterministic: bool = True) -> BertOutput:
+                 deterministic: bool = True, position_ids=None, segment_ids=None,
+                 num_segments: int | None = None) -> BertOutput:
+        if segment_ids is not None:
+            if position_ids is None or num_segments is None:
+                raise ValueError("packed rows need position_ids and num_segments with segment_ids")
+            attention_mask = (segment_ids > 0).astype(jnp.int32)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         hidden = BertEmbeddings(self.config, name="embeddings")(
-            input_ids, token_type_ids, deterministic)
-        hidden = BertEncoder(self.config, name="encoder")(hidden, attention_mask, deterministic)
-        pooled = BertPooler(self.config, name="pooler")(hidden) if self.add_pooling_layer else None
+            input_ids, token_type_ids, deterministic, position_ids)
+        hidden = BertEncoder(self.config, name="encoder")(hidden, attention_mask, deterministic,
+                                                          segment_ids)
+        pooled = None
+        if self.add_pooling_layer:
+            first = hidden if segment_ids is None else segment_sum(
+                hidden, jnp.where(position_ids == 0, segment_ids, 0), num_segments)[:, None]
+            pooled = BertPooler(self.config, name="pooler")(first)
         return BertOutput(last_hidden_state=hidden, pooler_output=pooled)
 
 
@@ -209,6 +237,24 @@ def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
     mask = attention_mask.astype(jnp.float32)[..., None]
     total = (hidden.astype(jnp.float32) * mask).sum(axis=1)
     return total / jnp.maximum(mask.sum(axis=1), 1e-9)
+
+
+def segment_sum(hidden: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """Sum of `hidden` [B, T, D] per segment of `segment_ids` [B, T] (1 .. num_segments; 0 is
+    ignored) -> [num_segments, D], in `hidden`'s dtype: a one-hot matmul, fast on
+    every backend."""
+    onehot = segment_ids.reshape(-1)[None, :] == jnp.arange(1, num_segments + 1)[:, None]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return jnp.dot(onehot.astype(flat.dtype), flat, preferred_element_type=flat.dtype)
+
+
+def segment_mean_pool(hidden: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """`mean_pool` for packed rows: the mean of `hidden` [B, T, D] over each segment of
+    `segment_ids` [B, T] (1 .. num_segments) -> [num_segments, D] float32; empty segments give
+    zeros."""
+    total = segment_sum(hidden.astype(jnp.float32), segment_ids, num_segments)
+    counts = segment_sum(jnp.ones(segment_ids.shape + (1,), jnp.float32), segment_ids, num_segments)
+    return total / jnp.maximum(counts, 1e-9)
 
 
 def init_params(config: BertConfig, rng: jax.Array, add_pooling_layer: bool = True) -> Any:

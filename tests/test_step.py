@@ -102,29 +102,36 @@ def test_batch_must_divide_over_devices():
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
+    from tests.test_packing import _as_packed
     from tests.test_step import _tiny_setup, synthetic_batch
     from train.step import create_state, make_mesh, make_optimizer, make_train_step, shard_batch
     assert jax.device_count() == 4, jax.devices()
     results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        model, params, cfg = _tiny_setup(lr=1e-5)  # the report's learning rate
-        mesh = make_mesh(devices)
-        tx = make_optimizer(cfg, 10)
-        state = create_state(params, tx, 0, mesh)
-        step = make_train_step(model, tx, mesh, deterministic=True)
-        rng = np.random.default_rng(3)
-        for _ in range(3):
-            state, metrics = step(state, shard_batch(synthetic_batch(rng), mesh))
-        results.append((jax.device_get(state.params), float(metrics["loss"])))
-    (one, loss_one), (four, loss_four) = results
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, four))
-    print("max param diff", max(diffs), "losses", loss_one, loss_four)
-    assert max(diffs) < 1e-5, max(diffs)
-    assert abs(loss_one - loss_four) < 1e-5
+    for packed in (False, True):  # padded sentences; rows packed per device
+        for devices in (jax.devices()[:1], jax.devices()):
+            model, params, cfg = _tiny_setup(lr=1e-5)  # the report's learning rate
+            mesh = make_mesh(devices)
+            tx = make_optimizer(cfg, 10)
+            state = create_state(params, tx, 0, mesh)
+            step = make_train_step(model, tx, mesh, deterministic=True)
+            rng = np.random.default_rng(3)
+            for _ in range(3):
+                batch = synthetic_batch(rng)
+                if packed:
+                    batch = _as_packed(batch, len(devices), 32)
+                state, metrics = step(state, shard_batch(batch, mesh))
+            results.append((jax.device_get(state.params), float(metrics["loss"])))
+    (one, loss_one) = results[0]
+    for other, loss_other in results[1:]:
+        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, other))
+        print("max param diff", max(diffs), "losses", loss_one, loss_other)
+        assert max(diffs) < 1e-5, max(diffs)
+        assert abs(loss_one - loss_other) < 1e-5
 """)
 
 
 def test_data_parallel_on_four_devices_equals_one_device():
+    """Padded and packed batches: 4 CPU devices (gradient mean) reach the parameters of 1."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], cwd=ROOT, env=env,

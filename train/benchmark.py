@@ -8,12 +8,16 @@
   `transformers.BertModel` + the same heads (SST linear 5, paraphrase [|u-v|, u*v] -> dense -> ReLU
   -> dense, STS 5 * cosine, masked mean pooling, dropout 0.1) and `torch.optim.AdamW(lr=1e-5)`,
   eager and (`--torch-compile`) `torch.compile`d. Both get identical weights (the JAX parameters
-  copied into PyTorch) and identical padded tensors. A step holds B examples per task: B SST
-  sentences, 2B paraphrase and 2B STS sentences, all padded to one length. By default the lengths
-  are real: one epoch of the real input pipeline (`train.input_pipeline.iterate_steps`, buckets from
-  `bert_jax.data.choose_buckets` as training chooses them) is planned, one real step batch per
-  bucket length is timed, and the step time is the mean over buckets weighted by how often the
-  epoch uses each. `--seq-len T` times one batch of full-length T-token sentences instead.
+  copied into PyTorch) and the same examples. A step holds B examples per task: B SST
+  sentences, 2B paraphrase and 2B STS sentences. By default the examples are real: one epoch of
+  the real input pipeline (`train.input_pipeline`, laid out as training lays it out) is planned
+  and `--sample-steps` steps spread over it are timed; the step time is their mean. JAX gets the
+  step as training builds it (`--layout packed`: sentences packed into rows; `--layout padded`:
+  all padded to the step's bucket). PyTorch gets what its users write (`--torch-padding
+  per-call`: five encoder calls, SST and each side of the pairs, each padded to its longest
+  sentence as `tokenizer(batch, padding=True)` does), or JAX's own padded tensors in one call
+  (`--torch-padding same`, with `--layout padded`: identical work, a pure framework comparison).
+  `--seq-len T` times one batch of full-length T-token sentences instead (no padding anywhere).
 * **Encoding** (forward + mean pooling, no gradients) of the 2 x 863 STS dev sentences: this
   project the way it evaluates (length-sorted batches padded to the bucket lengths, jit-compiled
   once per bucket) against PyTorch with what users get from `tokenizer(batch, padding=True)` per
@@ -77,20 +81,23 @@ PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 
 DEFINITIONS = {
-    "train_step_seconds_*": "median seconds per train step (forward, 3 losses, backward, AdamW), "
-                            "weighted over the epoch's bucket lengths (or the one --seq-len)",
+    "train_step_seconds_*": "seconds per train step (forward, 3 losses, backward, AdamW): the "
+                            "mean over the sampled real steps of each one's median (or the one "
+                            "--seq-len batch)",
     "train_step_ratio_vs_torch_*": "JAX step time / PyTorch step time: below 1 means JAX is faster",
     "encode_ratio_vs_torch*": "JAX sequences/s / PyTorch sequences/s: above 1 means JAX is faster",
     "speedup": "PyTorch time / JAX time for each comparison: above 1 means JAX is faster",
     "*_seq_per_s_*": "sentences per second (a train step holds 5 x batch_size sentences)",
-    "*_tokens_per_s_*": "padded token positions per second (the work done)",
+    "*_tokens_per_s_*": "token positions per second, padding included (the work each framework "
+                        "did on its own layout)",
     "*_real_tokens_per_s_*": "non-padding tokens per second",
     "*_mfu_*": "model FLOPs (analytic) / time / device peak; null (n/a) without a known peak",
     "compile_seconds_jax": "first call minus a steady call, summed over the step's shapes",
     "num_compiles": "train step programs JAX compiled (one per distinct step shape timed)",
-    "pipeline_padding_waste": "padded positions / all positions over the planned epoch's steps "
-                              "(every sentence of a step padded to the step's bucket)",
-    "example_padding_waste": "the same if each sentence were padded only to its own bucket "
+    "pipeline_padding_waste": "padding / all positions over the planned epoch's steps in the JAX "
+                              "layout (packed rows, or every sentence padded to the step's bucket)",
+    "pipeline_padding_waste_torch": "the same for PyTorch's inputs (--torch-padding)",
+    "example_padding_waste": "padding if each sentence were padded only to its own length bucket "
                              "(bert_jax.data.padding_waste of the training lengths)",
 }
 
@@ -141,6 +148,11 @@ def non_embedding_params(params) -> int:
     bert = params["bert"]
     heads = {k: v for k, v in params.items() if k != "bert"}
     return count_params(bert["encoder"]) + count_params(heads)
+
+
+def layout_flops(n_params: int, config, shapes, train: bool) -> float:
+    """`model_flops` summed over a step's encoder inputs, `shapes` = [(rows, length), ...]."""
+    return sum(model_flops(n_params, config, rows, length, train) for rows, length in shapes)
 
 
 def model_flops(n_params: int, config, sequences: int, length: int, train: bool) -> float:
@@ -215,8 +227,10 @@ def build_torch_model(config, params, heads, device: str):
             mask = attention_mask.unsqueeze(-1).float()
             return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-        def forward(self, input_ids, attention_mask, batch_size: int):
-            pooled = self.embed(input_ids, attention_mask)
+        def forward(self, calls, batch_size: int):
+            """`calls`: [(ids, mask), ...] encoder inputs holding, in order, the SST sentences
+            and the first and second sentences of the paraphrase and STS pairs."""
+            pooled = torch.cat([self.embed(ids, mask) for ids, mask in calls])
             sst, p1, p2, s1, s2 = pooled.split(batch_size)
             sst_logits = self.sst_classifier(self.dropout(sst))
             x = torch.cat([(p1 - p2).abs(), p1 * p2], dim=-1)
@@ -276,33 +290,44 @@ class BenchData:
         self.sts_dev_path = folder / data_lib.default_file("sts", "dev")
         self._plans: dict[int, dict] = {}
 
-    def plan(self, batch_size: int, max_steps: int = 0) -> dict:
-        """One epoch of the real input pipeline at `batch_size`: the steps' shapes and padding,
-        and one real step batch per bucket length with the fraction of steps using it."""
-        if batch_size in self._plans:
-            return self._plans[batch_size]
-        from train.input_pipeline import iterate_steps, steps_per_epoch
-        cfg = self.cfg.replace(batch_size=batch_size)
+    def plan(self, batch_size: int, layout_kind: str, torch_padding: str, sample_steps: int,
+             max_steps: int = 0) -> dict:
+        """One epoch of the real input pipeline at `batch_size`: the JAX steps' shapes and
+        padding, PyTorch's padding, and `sample_steps` real steps spread over the epoch, each as
+        JAX and PyTorch get it."""
+        key = (batch_size, layout_kind, torch_padding, sample_steps, max_steps)
+        if key in self._plans:
+            return self._plans[key]
+        from train.input_pipeline import epoch_plan, make_step_batch, plan_layout, steps_per_epoch
+        cfg = self.cfg.replace(batch_size=batch_size, pack=layout_kind == "packed")
         n = steps_per_epoch(self.train, cfg)
         if max_steps:
             n = min(n, max_steps)
-        counts: dict[int, int] = {}
-        examples: dict[int, dict[str, np.ndarray]] = {}
-        shapes = set()
-        real = padded = 0
-        for step in iterate_steps(self.train, cfg, self.buckets, 0, n, self.tokenizer.pad_id):
-            length = step.length
-            counts[length] = counts.get(length, 0) + 1
-            examples.setdefault(length, step.arrays)
-            shapes.add(tuple(sorted((k, v.shape) for k, v in step.arrays.items())))
-            for key, value in step.arrays.items():
-                if "attention_mask" in key:
-                    real += int(value.sum())
-                    padded += value.size
-        plan = {"steps": n, "counts": dict(sorted(counts.items())), "batches": examples,
-                "weights": {k: v / n for k, v in sorted(counts.items())},
-                "distinct_shapes": len(shapes), "padding_waste": 1.0 - real / padded}
-        self._plans[batch_size] = plan
+        layout = plan_layout(self.train, cfg, n)
+        steps = epoch_plan(self.train, cfg, 0)[:n]
+        picked = set(np.linspace(0, n - 1, min(sample_steps, n)).round().astype(int).tolist())
+        shapes: dict[tuple, int] = {}
+        real = padded = padded_torch = 0
+        samples = []
+        for i, step in enumerate(steps):
+            arrays = make_step_batch(self.train, step, layout, self.tokenizer.pad_id).arrays
+            shape = tuple(sorted((k, v.shape) for k, v in arrays.items()))
+            shapes[shape] = shapes.get(shape, 0) + 1
+            calls = torch_calls(self.train, step, arrays, torch_padding, self.tokenizer.pad_id)
+            step_real = sum(int(m.sum()) for _, m in calls)
+            real += step_real
+            padded += jax_positions(arrays)
+            padded_torch += sum(m.size for _, m in calls)
+            if i in picked:
+                samples.append({"index": i, "jax": arrays, "torch": calls,
+                                "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
+                                "jax_shapes": jax_shapes(arrays),
+                                "torch_shapes": [m.shape for _, m in calls],
+                                "real_tokens": step_real})
+        plan = {"steps": n, "layout": layout.describe(), "samples": samples,
+                "distinct_shapes": len(shapes), "padding_waste": 1.0 - real / padded,
+                "padding_waste_torch": 1.0 - real / padded_torch}
+        self._plans[key] = plan
         return plan
 
     def dev_sentences(self, limit: int = 0) -> tuple[list[str], list[np.ndarray]]:
@@ -317,8 +342,41 @@ class BenchData:
         return texts, ids
 
 
+def jax_positions(arrays) -> int:
+    """Token positions, padding included, the JAX step computes on."""
+    return sum(rows * length for rows, length in jax_shapes(arrays))
+
+
+def jax_shapes(arrays) -> list[tuple[int, int]]:
+    """[(rows, length)] of the JAX step's encoder input: the packed rows, or the padded
+    sentences (one encoder pass over all of them)."""
+    if "packed_input_ids" in arrays:
+        return [arrays["packed_input_ids"].shape]
+    rows = sum(arrays[f"{t}_input_ids_{k}"].shape[0] for t, k in TASK_KEYS)
+    return [(rows, arrays["sst_input_ids_1"].shape[1])]
+
+
+def torch_calls(train, step, arrays, torch_padding: str, pad_id: int):
+    """A step's PyTorch encoder inputs [(ids, mask)], numpy int32: "per-call" pads SST and each
+    side of the pairs to its own longest sentence (`tokenizer(batch, padding=True)`); "same"
+    takes JAX's padded arrays as one call."""
+    from bert_jax.tokenizer import pad_ids
+    if torch_padding == "same":
+        if "packed_input_ids" in arrays:
+            raise ValueError("--torch-padding same needs --layout padded")
+        return [(np.concatenate([arrays[f"{t}_input_ids_{k}"] for t, k in TASK_KEYS]),
+                 np.concatenate([arrays[f"{t}_attention_mask_{k}"] for t, k in TASK_KEYS]))]
+    calls = []
+    for task, k in TASK_KEYS:
+        column = train[task].ids1 if k == "1" else train[task].ids2
+        rows = [column[i] for i in step[task]]
+        calls.append(pad_ids(rows, max(len(r) for r in rows), pad_id))
+    return calls
+
+
 def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0):
-    """Full-length sentences of random real-vocabulary ids (for --seq-len)."""
+    """A sample of full-length sentences of random real-vocabulary ids (for --seq-len): JAX and
+    PyTorch get the same [5B, T] arrays, no padding."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for task, k in TASK_KEYS:
@@ -329,7 +387,11 @@ def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0
     arrays["sst_labels"] = rng.integers(0, 5, batch_size).astype(np.int32)
     arrays["para_labels"] = rng.integers(0, 2, batch_size).astype(np.int32)
     arrays["sts_labels"] = rng.uniform(0, 5, batch_size).astype(np.float32)
-    return arrays
+    calls = torch_calls(None, None, arrays, "same", 0)
+    return {"index": 0, "jax": arrays, "torch": calls,
+            "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
+            "jax_shapes": jax_shapes(arrays), "torch_shapes": [m.shape for _, m in calls],
+            "real_tokens": 5 * batch_size * length}
 
 
 # ------------------------------------------------------------------------------ train step
@@ -352,9 +414,9 @@ class JaxTrainRunner:
         self.step = make_train_step(self.model, self.tx, self.mesh)
         self.compile_seconds = 0.0
 
-    def prepare(self, arrays):
+    def prepare(self, sample):
         from train.step import shard_batch
-        batch = shard_batch(arrays, self.mesh)
+        batch = shard_batch(sample["jax"], self.mesh)
         self.jax.block_until_ready(batch)
         return batch
 
@@ -382,23 +444,23 @@ class TorchTrainRunner:
         self.autocast = dtype != "float32"
         self.amp_dtype = getattr(torch, dtype)
 
-        def loss_fn(ids, mask, labels, batch_size):
+        def loss_fn(calls, labels, batch_size):
             with torch.autocast(device_type=device, dtype=self.amp_dtype, enabled=self.autocast):
-                return torch_losses(self.model(ids, mask, batch_size), labels)
+                return torch_losses(self.model(calls, batch_size), labels)
 
         self.loss_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
         self.compile_seconds = 0.0
 
-    def prepare(self, arrays):
-        return torch_batch(arrays, self.device)
+    def prepare(self, sample):
+        return torch_batch(sample, self.device)
 
     def sync(self):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
     def run(self, batch):
-        ids, mask, labels, batch_size = batch
-        loss = self.loss_fn(ids, mask, labels, batch_size)
+        calls, labels, batch_size = batch
+        loss = self.loss_fn(calls, labels, batch_size)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -406,33 +468,33 @@ class TorchTrainRunner:
         return loss
 
 
-def torch_batch(arrays, device: str):
-    """A step's arrays as PyTorch tensors: (ids [5B, T], mask [5B, T], labels, B); the sentences
-    concatenated in the order `MultitaskBert` concatenates them."""
+def torch_batch(sample, device: str):
+    """A sample's PyTorch inputs as tensors: ([(ids, mask)] encoder calls, labels, B)."""
     import torch
-    ids = np.concatenate([arrays[f"{t}_input_ids_{k}"] for t, k in TASK_KEYS])
-    mask = np.concatenate([arrays[f"{t}_attention_mask_{k}"] for t, k in TASK_KEYS])
     to = lambda x, dt: torch.from_numpy(np.ascontiguousarray(x)).to(device, dt)
-    labels = {"sst": to(arrays["sst_labels"], torch.int64),
-              "para": to(arrays["para_labels"], torch.float32),
-              "sts": to(arrays["sts_labels"], torch.float32)}
-    return to(ids, torch.int64), to(mask, torch.int64), labels, len(arrays["sst_labels"])
+    labels = sample["labels"]
+    calls = [(to(i, torch.int64), to(m, torch.int64)) for i, m in sample["torch"]]
+    return calls, {"sst": to(labels["sst"], torch.int64),
+                   "para": to(labels["para"], torch.float32),
+                   "sts": to(labels["sts"], torch.float32)}, len(labels["sst"])
 
 
-def check_same_loss(jax_runner: JaxTrainRunner, torch_model, arrays, device: str) -> dict:
-    """Dropout off, same weights, same batch: both frameworks' summed loss (a same-work check)."""
+def check_same_loss(jax_runner: JaxTrainRunner, torch_model, sample, device: str) -> dict:
+    """Dropout off, same weights, same examples (each framework on its own layout): both
+    frameworks' summed loss (a same-work check)."""
     import jax
     import torch
     from train.step import task_losses
     params = jax_runner.state.params
+    arrays = sample["jax"]
     out = jax_runner.model.apply({"params": params}, arrays, deterministic=True)
     loss_jax = float(sum(task_losses(out, arrays).values()))
-    ids, mask, labels, b = torch_batch(arrays, device)
+    calls, labels, b = torch_batch(sample, device)
     torch_model.eval()
     dtype = jax_runner.model.config.dtype
     with torch.no_grad(), torch.autocast(device_type=device, dtype=getattr(torch, dtype),
                                          enabled=dtype != "float32"):
-        loss_torch = float(torch_losses(torch_model(ids, mask, b), labels))
+        loss_torch = float(torch_losses(torch_model(calls, b), labels))
     torch_model.train()
     return {"loss_jax": loss_jax, "loss_torch": loss_torch,
             "abs_diff": abs(loss_jax - loss_torch)}
@@ -440,7 +502,8 @@ def check_same_loss(jax_runner: JaxTrainRunner, torch_model, arrays, device: str
 
 def time_train(runners, batches: dict[int, dict], weights: dict[int, float], repeats: int,
                warmup: int) -> dict[str, dict]:
-    """Per runner: per-length median seconds and the weighted step time. Runners alternate."""
+    """Per runner: each sample's median seconds (`by_length`, keyed like `batches`) and the
+    weighted step time. Runners alternate, so background load hits them alike."""
     prepared = {r.name: {T: r.prepare(b) for T, b in batches.items()} for r in runners}
     first: dict[str, dict[int, float]] = {r.name: {} for r in runners}
     failed: dict[str, str] = {}
@@ -487,16 +550,17 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
     import jax
     import torch
     if args.seq_len:
-        batches = {args.seq_len: synthetic_batch(batch_size, args.seq_len, config.vocab_size,
-                                                 args.seed)}
-        weights = {args.seq_len: 1.0}
+        samples = [synthetic_batch(batch_size, args.seq_len, config.vocab_size, args.seed)]
         plan = None
     else:
-        plan = data.plan(batch_size, args.pipeline_steps)
-        batches, weights = plan["batches"], plan["weights"]
+        plan = data.plan(batch_size, args.layout, args.torch_padding, args.sample_steps,
+                         args.pipeline_steps)
+        samples = plan["samples"]
+    batches = {s["index"]: s for s in samples}
+    weights = {s["index"]: 1.0 / len(samples) for s in samples}
     jax_runner = JaxTrainRunner(config, params, heads, args.lr)
     torch_model = build_torch_model(config, params, heads, torch_device)
-    check = check_same_loss(jax_runner, torch_model, next(iter(batches.values())), torch_device)
+    check = check_same_loss(jax_runner, torch_model, samples[0], torch_device)
     runners: list[Any] = [jax_runner]
     if not args.no_torch:
         runners.append(TorchTrainRunner(torch_model, args.lr, torch_device, args.dtype, False))
@@ -508,45 +572,54 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
     timed = time_train(runners, batches, weights, args.repeats, args.warmup)
     profiles = {}
     if args.profile and batch_size == args.batch_size:
-        lengths = list(batches) if args.seq_len else [max(weights, key=weights.get)]
-        for T in lengths:
-            profiles[T] = {"jax": profile_jax(jax_runner, jax_runner.prepare(batches[T]))}
-            eager = [r for r in runners if r.name == "torch_eager"]
-            if eager:
-                profiles[T]["torch_eager"] = profile_torch(eager[0], eager[0].prepare(batches[T]))
+        first = samples[0]
+        profiles[first["index"]] = {"jax": profile_jax(jax_runner, jax_runner.prepare(first))}
+        eager = [r for r in runners if r.name == "torch_eager"]
+        if eager:
+            profiles[first["index"]]["torch_eager"] = profile_torch(eager[0],
+                                                                    eager[0].prepare(first))
 
     n_params = non_embedding_params(params)
     seqs = 5 * batch_size
-    flops = sum(w * model_flops(n_params, config, seqs, T, train=True) for T, w in weights.items())
-    padded = sum(w * seqs * T for T, w in weights.items())
-    real = sum(w * sum(int(batches[T][f"{t}_attention_mask_{k}"].sum()) for t, k in TASK_KEYS)
-               for T, w in weights.items())
+    mean = lambda f: sum(f(s) for s in samples) / len(samples)
+    flops = {"jax": mean(lambda s: layout_flops(n_params, config, s["jax_shapes"], True)),
+             "torch": mean(lambda s: layout_flops(n_params, config, s["torch_shapes"], True))}
+    padded = {"jax": mean(lambda s: sum(r * t for r, t in s["jax_shapes"])),
+              "torch": mean(lambda s: sum(r * t for r, t in s["torch_shapes"]))}
+    real = mean(lambda s: s["real_tokens"])
     peak = peak_flops(device_info["device_kind"], args.dtype) \
         if device_info["platform"] != "cpu" else None
 
     res: dict[str, Any] = {"batch_size": batch_size, "sentences_per_step": seqs,
-                           "lengths": list(batches), "length_weights": weights,
-                           "padded_tokens_per_step": padded, "real_tokens_per_step": real,
-                           "model_flops_per_step": flops, "same_loss_check": check}
+                           "sampled_steps": [s["index"] for s in samples],
+                           "sampled_jax_shapes": [s["jax_shapes"] for s in samples],
+                           "padded_tokens_per_step_jax": padded["jax"],
+                           "padded_tokens_per_step_torch": padded["torch"],
+                           "real_tokens_per_step": real,
+                           "model_flops_per_step_jax": flops["jax"],
+                           "model_flops_per_step_torch": flops["torch"],
+                           "same_loss_check": check}
     if profiles:
         res["profile"] = profiles
     if plan is not None:
-        res.update({"pipeline_steps": plan["steps"], "pipeline_step_counts": plan["counts"],
+        res.update({"pipeline_steps": plan["steps"], "pipeline_layout": plan["layout"],
                     "pipeline_distinct_step_shapes": plan["distinct_shapes"],
-                    "pipeline_padding_waste": plan["padding_waste"]})
+                    "pipeline_padding_waste": plan["padding_waste"],
+                    "pipeline_padding_waste_torch": plan["padding_waste_torch"]})
     for name, t in timed.items():
         if "error" in t:
             res[f"train_step_seconds_{name}"] = None
             res[f"{name}_status"] = f"n/a: {t['error']}"
             continue
         s = t["seconds"]
+        work = "jax" if name == "jax" else "torch"
         res[f"train_step_seconds_{name}"] = s
-        res[f"train_step_seconds_by_length_{name}"] = {str(k): v for k, v in t["by_length"].items()}
+        res[f"train_step_seconds_by_sample_{name}"] = {str(k): v for k, v in t["by_length"].items()}
         res[f"train_seq_per_s_{name}"] = seqs / s
-        res[f"train_tokens_per_s_{name}"] = padded / s
+        res[f"train_tokens_per_s_{name}"] = padded[work] / s
         res[f"train_real_tokens_per_s_{name}"] = real / s
-        res[f"train_flops_per_s_{name}"] = flops / s
-        res[f"train_mfu_{name}"] = flops / s / peak if peak else None
+        res[f"train_flops_per_s_{name}"] = flops[work] / s
+        res[f"train_mfu_{name}"] = flops[work] / s / peak if peak else None
         res[f"compile_seconds_{name}"] = t["compile_seconds"]
         res[f"{name}_status"] = "ok"
     for name, why in (("torch_eager", "off (--no-torch)"),
@@ -637,11 +710,11 @@ def profile_torch(runner: "TorchTrainRunner", batch, steps: int = 3) -> dict:
     """Wall time of the PyTorch step's phases (forward+losses, backward, AdamW), and the top ops
     by self CPU time from torch.profiler."""
     import torch
-    ids, mask, labels, b = batch
+    calls, labels, b = batch
     phases = {"forward": [], "backward": [], "optimizer": []}
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = runner.loss_fn(ids, mask, labels, b)
+        loss = runner.loss_fn(calls, labels, b)
         runner.sync()
         t1 = time.perf_counter()
         runner.opt.zero_grad(set_to_none=True)
@@ -663,9 +736,9 @@ def profile_torch(runner: "TorchTrainRunner", batch, steps: int = 3) -> dict:
 
 
 def print_profiles(profiles: dict) -> None:
-    for length, prof in profiles.items():
+    for index, prof in profiles.items():
         j, t = prof.get("jax"), prof.get("torch_eager")
-        print(f"\nprofile at T={length}:")
+        print(f"\nprofile of sampled step {index}:")
         if j:
             print(f"  JAX: wall {j['wall_seconds_per_step'] * 1e3:.0f} ms/step, op time summed "
                   f"over threads {j['op_seconds_per_step'] * 1e3:.0f} ms")
@@ -841,13 +914,15 @@ def print_report(res: dict) -> None:
     p(f"model {res['model']} (layers {res['num_layers']}, hidden {res['hidden_size']}), dtype "
       f"{res['dtype']}, attention {res['attention_impl']}, batch {res['batch_size']} per task "
       f"({5 * res['batch_size']} sentences/step), lengths "
-      f"{'fixed ' + str(res['seq_len']) if res['seq_len'] else 'real, buckets ' + str(res['buckets'])}")
+      f"{'fixed ' + str(res['seq_len']) if res['seq_len'] else 'real'}")
     p(f"load average before/after: {res['load_average_before']} / {res['load_average_after']}")
     if res.get("pipeline_steps"):
-        p(f"input pipeline (one epoch, {res['pipeline_steps']} steps): step lengths "
-          f"{res['pipeline_step_counts']}, {res['pipeline_distinct_step_shapes']} distinct step "
-          f"shapes, padding waste {100 * res['pipeline_padding_waste']:.1f}% of positions "
-          f"(per-example bucketing alone: {100 * res['example_padding_waste']:.1f}%)")
+        p(f"input pipeline (one epoch, {res['pipeline_steps']} steps): JAX {res['pipeline_layout']},"
+          f" {res['pipeline_distinct_step_shapes']} distinct step shapes, padding "
+          f"{100 * res['pipeline_padding_waste']:.1f}% of positions; PyTorch "
+          f"(--torch-padding {res['torch_padding']}) {100 * res['pipeline_padding_waste_torch']:.1f}%"
+          f" (each sentence padded to its own length bucket: "
+          f"{100 * res['example_padding_waste']:.1f}%)")
     if res.get("train_step_seconds_jax") is not None:
         p("\ntrain step            step time    seq/s   tokens/s  GFLOP/s    MFU  vs torch eager")
         for name in ("jax", "torch_eager", "torch_compile"):
@@ -861,11 +936,10 @@ def print_report(res: dict) -> None:
             p(f"  {name:<18} {s * 1e3:8.1f} ms {res[f'train_seq_per_s_{name}']:8.1f} "
               f"{res[f'train_tokens_per_s_{name}']:10.0f} {res[f'train_flops_per_s_{name}'] / 1e9:8.1f} "
               f"{fmt(res[f'train_mfu_{name}'], '.1%'):>6} {fmt(rel, '.2f', 'x faster')}")
-        p(f"  per length (ms): " + "; ".join(
-            f"{name} " + ", ".join(f"T={T}: {v * 1e3:.0f}" for T, v in
-                                   res[f"train_step_seconds_by_length_{name}"].items())
-            for name in ("jax", "torch_eager", "torch_compile")
-            if res.get(f"train_step_seconds_by_length_{name}")))
+        p(f"  timed: {len(res['sampled_steps'])} real steps of the epoch "
+          f"{res['sampled_steps'][:8]}{' ...' if len(res['sampled_steps']) > 8 else ''}; "
+          f"positions per step JAX {res['padded_tokens_per_step_jax']:.0f}, PyTorch "
+          f"{res['padded_tokens_per_step_torch']:.0f}, real tokens {res['real_tokens_per_step']:.0f}")
         p(f"  JAX step time / torch eager = {fmt(res['train_step_ratio_vs_torch_eager'], '.3f')}"
           f"; / torch.compile = {fmt(res.get('train_step_ratio_vs_torch_compile'), '.3f')}")
         p(f"  compile: JAX {fmt(res['compile_seconds_jax'], '.1f', ' s')} for "
@@ -957,6 +1031,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (parameters stay float32; PyTorch uses autocast)")
     p.add_argument("--attention-impl", choices=("xla", "cudnn"), default="xla",
                    help="JAX attention implementation (cudnn: NVIDIA GPUs with bfloat16)")
+    p.add_argument("--layout", choices=("packed", "padded"), default="packed",
+                   help="JAX train-step layout, as training's --pack / --no-pack")
+    p.add_argument("--torch-padding", choices=("per-call", "same"), default="per-call",
+                   help="PyTorch inputs: per-call = SST and each side of the pairs padded to its "
+                        "longest sentence (tokenizer padding=True, as PyTorch users train); same "
+                        "= JAX's padded tensors (needs --layout padded)")
+    p.add_argument("--sample-steps", type=int, default=16,
+                   help="real steps, spread over the planned epoch, timed per repeat")
     p.add_argument("--repeats", type=int, default=10, help="timed passes (median reported)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed passes first (the first one compiles)")
@@ -993,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     args._argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    for flag in ("batch_size", "repeats", "warmup", "encode_batch_size"):
+    for flag in ("batch_size", "repeats", "warmup", "encode_batch_size", "sample_steps"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1")
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()}) if args.sizes else []
@@ -1029,13 +1111,19 @@ def main(argv: list[str] | None = None) -> int:
         "params_non_embedding": non_embedding_params(params), "dtype": args.dtype,
         "attention_impl": args.attention_impl, "batch_size": args.batch_size,
         "seq_len": args.seq_len or None, "repeats": args.repeats, "warmup": args.warmup,
-        "buckets": list(data.buckets), "example_padding_waste": data.example_padding_waste,
+        "layout": args.layout, "torch_padding": args.torch_padding,
+        "sample_steps": args.sample_steps, "example_padding_waste": data.example_padding_waste,
         "load_average_before": load_before, "definitions": DEFINITIONS,
     }
-    plan = data.plan(args.batch_size, args.pipeline_steps)
-    res.update({"pipeline_steps": plan["steps"], "pipeline_step_counts": plan["counts"],
+    if args.torch_padding == "same" and args.layout == "packed":
+        raise SystemExit("--torch-padding same gives PyTorch JAX's padded tensors: it needs "
+                         "--layout padded")
+    plan = data.plan(args.batch_size, args.layout, args.torch_padding, args.sample_steps,
+                     args.pipeline_steps)
+    res.update({"pipeline_steps": plan["steps"], "pipeline_layout": plan["layout"],
                 "pipeline_distinct_step_shapes": plan["distinct_shapes"],
-                "pipeline_padding_waste": plan["padding_waste"]})
+                "pipeline_padding_waste": plan["padding_waste"],
+                "pipeline_padding_waste_torch": plan["padding_waste_torch"]})
 
     by_size: dict[int, dict] = {}
     if not args.skip_train:
@@ -1059,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_step_seconds_torch_compile", "train_seq_per_s_jax",
                 "train_seq_per_s_torch_eager", "train_seq_per_s_torch_compile",
                 "train_step_ratio_vs_torch_eager", "train_step_ratio_vs_torch_compile",
-                "pipeline_padding_waste", "pipeline_step_counts", "num_compiles",
+                "pipeline_padding_waste", "pipeline_padding_waste_torch", "num_compiles",
                 "compile_seconds_jax")
         res["sweep"] = [{k: by_size[b].get(k) for k in keep} for b in sizes]
     res["load_average_after"] = load_average()

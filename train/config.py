@@ -30,8 +30,10 @@ class TrainConfig:
     batch_size: int = 8                  # per task, global (split over devices)
     eval_batch_size: int = 64
     max_length: int = 128
-    num_buckets: int = 4                 # static sequence lengths the step compiles for
-    group_by_length: bool = True         # batch similar lengths together (less padding)
+    pack: bool = True                    # pack a step's sentences into rows (no pad between)
+    pack_length: int = 64                # packed row length (steps with longer sentences: max_length)
+    num_buckets: int = 4                 # static shapes the step compiles for (per row length)
+    group_by_length: bool = True         # unpacked: batch similar lengths together
     epoch_steps: str = "max"             # multitask epoch: "max" | "min" of the tasks' batches
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
     lr: float = 1e-5
@@ -62,9 +64,18 @@ class TrainConfig:
             raise ValueError(f"nonfinite must be 'stop' or 'skip', not {self.nonfinite!r}")
         if self.epoch_steps not in ("max", "min"):
             raise ValueError(f"epoch_steps must be 'max' or 'min', not {self.epoch_steps!r}")
+        if self.pack and self.attention_impl == "cudnn":
+            raise ValueError("attention_impl 'cudnn' takes no packed rows: pass --no-pack with it")
+        if self.pack_length < 1:
+            raise ValueError(f"pack_length must be positive, not {self.pack_length}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be at least 1")
         self.head_config()  # validates pooling and heads
+
+    @property
+    def sorts_by_length(self) -> bool:
+        """Batches group similar lengths: only padded steps gain from it (packing needs none)."""
+        return self.group_by_length and not self.pack
 
     def head_config(self) -> HeadConfig:
         return HeadConfig(pooling=self.pooling, para_head=self.para_head,

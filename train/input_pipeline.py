@@ -1,9 +1,15 @@
-"""Host-side batching: the seeded order of steps, length buckets, padding, and prefetching.
+"""Host-side batching: the seeded order of steps, packing or padding, and prefetching.
 
-A step's batch is a dict of numpy arrays named `{task}_input_ids_{k}`, `{task}_attention_mask_{k}`
-([B, T], k = "1", and "2" for pair tasks) and `{task}_labels` ([B]); every array of a step shares
-one bucketed length T, so the step compiles once per bucket. The order of steps is a pure function
-of (seed, epoch), so a resumed run sees exactly the batches an uninterrupted run would.
+A step's batch is a dict of numpy arrays in one of two layouts (`StepLayout`):
+- packed (the default): every sentence of the step packed into rows (`bert_jax.packing`):
+  `packed_input_ids`, `packed_segment_ids`, `packed_position_ids` [R, L] and `{task}_labels` [B].
+  Rows are packed per device shard (each device's rows hold its own examples), L is `pack_length`
+  or, for steps with a longer sentence, `max_length`, and R is bucketed per L from a plan of the
+  whole run, so the step compiles once per (L, R) and never after the first epoch.
+- padded: `{task}_input_ids_{k}`, `{task}_attention_mask_{k}` ([B, T], k = "1", and "2" for pair
+  tasks) and `{task}_labels` ([B]); every array of a step shares one bucketed length T.
+The order of steps is a pure function of (seed, epoch), so a resumed run sees exactly the batches
+an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -15,10 +21,40 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from bert_jax.data import TaskData, bucket_length, epoch_order, make_batch
+from bert_jax import packing
+from bert_jax.data import TaskData, bucket_length, choose_buckets, epoch_order, make_batch
+from bert_jax.heads import TASK_SENTENCES
 from train.config import TASKS, TrainConfig
 
 SORT_WINDOW = 50  # batches per window when grouping similar lengths
+PLAN_STEPS = 50_000  # steps planned ahead to choose packed row buckets
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+    """How a step's sentences become arrays.
+
+    padded (`row_buckets` empty): every sentence padded to the smallest of `buckets` that fits
+    the step's longest. packed: `row_buckets` maps a row length L to the row counts R a device's
+    rows are padded to; a step uses the smallest L that fits its longest sentence. `shards`: the
+    number of devices the global batch is split over.
+    """
+    buckets: tuple[int, ...] = ()
+    row_buckets: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    shards: int = 1
+
+    @property
+    def packed(self) -> bool:
+        return bool(self.row_buckets)
+
+    def describe(self) -> str:
+        if self.packed:
+            return "packed rows " + ", ".join(f"L={length}: R in {list(rows)} per device"
+                                              for length, rows in self.row_buckets)
+        return f"padded to lengths {list(self.buckets)}"
+
+    def num_shapes(self) -> int:
+        return sum(len(r) for _, r in self.row_buckets) if self.packed else len(self.buckets)
 
 
 @dataclasses.dataclass
@@ -41,8 +77,8 @@ def _task_seed(cfg: TrainConfig, task: str) -> int:
 def _task_order(data: TaskData, cfg: TrainConfig, task: str, epoch: int) -> np.ndarray:
     """[num_batches, batch_size] example indices of one pass over a task."""
     return epoch_order(len(data), cfg.batch_size, seed=_task_seed(cfg, task), epoch=epoch,
-                       lengths=data.lengths if cfg.group_by_length else None,
-                       sort_window=SORT_WINDOW if cfg.group_by_length else 0)
+                       lengths=data.lengths if cfg.sorts_by_length else None,
+                       sort_window=SORT_WINDOW if cfg.sorts_by_length else 0)
 
 
 def batches_per_task(train: dict[str, TaskData], cfg: TrainConfig) -> dict[str, int]:
@@ -76,7 +112,7 @@ def epoch_plan(train: dict[str, TaskData], cfg: TrainConfig, epoch: int) -> list
             passes.append(order)
             total += len(order)
         orders[t] = np.concatenate(passes)[:n_steps]
-    if cfg.group_by_length:
+    if cfg.sorts_by_length:
         # Pair each task's batches of similar length in the same step, so the step's shared
         # length T wastes little padding; then shuffle the steps.
         for t in cfg.tasks:
@@ -89,24 +125,94 @@ def epoch_plan(train: dict[str, TaskData], cfg: TrainConfig, epoch: int) -> list
     return [{t: orders[t][i] for t in cfg.tasks} for i in range(n_steps)]
 
 
-def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray],
-                    buckets: tuple[int, ...], pad_id: int = 0, epoch: int = 0, index: int = 0,
+def _step_sentences(train: dict[str, TaskData], step: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A shard's sentences in `TASK_SENTENCES` order (the segment order the model expects)."""
+    out = []
+    for task in TASK_SENTENCES:
+        if task in step:
+            for k in TASK_SENTENCES[task]:
+                column = train[task].ids1 if k == "1" else train[task].ids2
+                out.extend(column[i] for i in step[task])
+    return out
+
+
+def _split_shards(step: dict[str, np.ndarray], shards: int) -> list[dict[str, np.ndarray]]:
+    return [{t: idx[s * (len(idx) // shards):(s + 1) * (len(idx) // shards)]
+             for t, idx in step.items()} for s in range(shards)]
+
+
+def packed_shape(sentence_lengths: list[list[int]], row_lengths: tuple[int, ...]) -> tuple[int, int]:
+    """(row length L, rows needed by the fullest shard) for a step's per-shard sentence lengths."""
+    longest = max(max(lengths) for lengths in sentence_lengths)
+    length = bucket_length(longest, row_lengths)
+    return length, max(packing.rows_needed(lengths, length) for lengths in sentence_lengths)
+
+
+def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], layout: StepLayout,
+                    pad_id: int = 0, epoch: int = 0, index: int = 0,
                     process_index: int = 0, process_count: int = 1) -> StepBatch:
-    """Pad every task's batch of a step to one bucketed length; keep this process's rows."""
-    longest = max(int(train[t].lengths[idx].max()) for t, idx in step.items())
-    length = bucket_length(longest, buckets)
-    arrays, ids = {}, {}
+    """One step's arrays in `layout`, keeping this process's rows (and, packed, packing each of
+    its devices' shares separately)."""
+    local = {}
+    ids = {}
     for task, idx in step.items():
         rows = len(idx) // process_count
-        idx = idx[process_index * rows:(process_index + 1) * rows]
-        for key, value in make_batch(train[task], idx, length, pad_id).items():
-            arrays[f"{task}_{key}"] = value
-        ids[task] = [train[task].example_ids[i] for i in idx]
+        local[task] = idx[process_index * rows:(process_index + 1) * rows]
+        ids[task] = [train[task].example_ids[i] for i in local[task]]
+    arrays = {}
+    if layout.packed:
+        shards = _split_shards(local, max(1, layout.shards // process_count))
+        sentences = [_step_sentences(train, shard) for shard in shards]
+        row_buckets = dict(layout.row_buckets)
+        length, needed = packed_shape([[len(s) for s in ss] for ss in sentences],
+                                      tuple(row_buckets))
+        fitting = [r for r in row_buckets[length] if r >= needed]
+        num_rows = fitting[0] if fitting else needed  # past the plan: one more shape compiles
+        parts = [packing.pack(ss, length, num_rows, pad_id) for ss in sentences]
+        for key in parts[0]:
+            arrays[f"packed_{key}"] = np.concatenate([p[key] for p in parts])
+        for task, idx in local.items():
+            arrays[f"{task}_labels"] = train[task].labels[idx].astype(
+                np.float32 if task == "sts" else np.int32)
+    else:
+        longest = max(int(train[t].lengths[idx].max()) for t, idx in local.items())
+        length = bucket_length(longest, layout.buckets)
+        for task, idx in local.items():
+            for key, value in make_batch(train[task], idx, length, pad_id).items():
+                arrays[f"{task}_{key}"] = value
     return StepBatch(arrays, ids, epoch, index)
 
 
-def iterate_steps(train, cfg: TrainConfig, buckets, start_step: int, total_steps: int,
-                  pad_id: int = 0) -> Iterator[StepBatch]:
+def plan_layout(train: dict[str, TaskData], cfg: TrainConfig, total_steps: int,
+                shards: int = 1) -> StepLayout:
+    """The run's `StepLayout` from its data: length buckets (padded), or row buckets chosen over
+    the packed row counts of the run's planned steps (up to `PLAN_STEPS` of them)."""
+    lengths = np.concatenate([d.lengths for d in train.values()])
+    buckets = choose_buckets(lengths, cfg.max_length, num_buckets=cfg.num_buckets)
+    if not cfg.pack:
+        return StepLayout(buckets=buckets, shards=shards)
+    row_lengths = tuple(sorted({min(cfg.pack_length, cfg.max_length), cfg.max_length}))
+    per_epoch = steps_per_epoch(train, cfg)
+    needed: dict[int, list[int]] = {length: [] for length in row_lengths}
+    for step in range(min(total_steps, PLAN_STEPS)):
+        epoch, index = divmod(step, per_epoch)
+        if index == 0:
+            plan = epoch_plan(train, cfg, epoch)
+        split = _split_shards(plan[index], shards)
+        shape = packed_shape([[len(s) for s in _step_sentences(train, shard)] for shard in split],
+                             row_lengths)
+        needed[shape[0]].append(shape[1])
+    # Steps with a sentence longer than pack_length are few (3% on the CS224N data): half as
+    # many shapes for them saves compiles that would each serve a handful of steps.
+    count = {length: cfg.num_buckets if length == row_lengths[0] else max(1, cfg.num_buckets // 2)
+             for length in row_lengths}
+    row_buckets = tuple((length, choose_buckets(rows, max(rows), count[length], multiple=1))
+                        for length, rows in needed.items() if rows)
+    return StepLayout(buckets=buckets, row_buckets=row_buckets, shards=shards)
+
+
+def iterate_steps(train, cfg: TrainConfig, layout: StepLayout, start_step: int,
+                  total_steps: int, pad_id: int = 0) -> Iterator[StepBatch]:
     """Host batches for global steps [start_step, total_steps), across epochs, in plan order."""
     per_epoch = steps_per_epoch(train, cfg)
     step = start_step
@@ -116,7 +222,7 @@ def iterate_steps(train, cfg: TrainConfig, buckets, start_step: int, total_steps
         for i in range(index, per_epoch):
             if step >= total_steps:
                 return
-            yield make_step_batch(train, plan[i], buckets, pad_id, epoch, i,
+            yield make_step_batch(train, plan[i], layout, pad_id, epoch, i,
                                   jax.process_index(), jax.process_count())
             step += 1
 

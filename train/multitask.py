@@ -31,7 +31,7 @@ from bert_jax.tokenizer import Tokenizer
 from train import evaluate as eval_lib
 from bert_jax.checkpoints import CheckpointError, RunCheckpoints
 from train.config import PRESET_NOTES, PRESETS, TASKS, TrainConfig
-from train.input_pipeline import Prefetcher, iterate_steps, steps_per_epoch
+from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
 from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
                         make_train_step, shard_batch)
 
@@ -227,8 +227,9 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
         save(step, best=is_best, scores=scores)
         return scores
 
-    batches = iterate_steps(run.train, cfg, run.buckets, start_step, total_steps,
-                            run.tokenizer.pad_id)
+    layout = plan_layout(run.train, cfg, total_steps, mesh.devices.size)
+    log.info("train steps: %s (%d shapes)", layout.describe(), layout.num_shapes())
+    batches = iterate_steps(run.train, cfg, layout, start_step, total_steps, run.tokenizer.pad_id)
     prefetch = Prefetcher(batches, lambda arrays: shard_batch(arrays, mesh))
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
                dynamic_ncols=True, desc="train")
@@ -262,7 +263,8 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     compiles = train_step._cache_size() if hasattr(train_step, "_cache_size") else None
     summary = {**(scores or {}), "steps": step, "seconds": round(elapsed, 1),
                "input_wait_fraction": round(prefetch.wait_seconds / max(elapsed, 1e-9), 4),
-               "train_step_compiles": compiles, "buckets": list(run.buckets)}
+               "train_step_compiles": compiles, "train_layout": layout.describe(),
+               "train_shapes_planned": layout.num_shapes(), "eval_buckets": list(run.buckets)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_run_plots(out_dir)
     return summary
@@ -311,8 +313,12 @@ _HELP = {
     "head_lr": "learning rate of the task heads (0: the same as --lr); fresh heads learn "
                "slowly at the encoder's 1e-5",
     "nonfinite": "on a non-finite loss: 'stop' the run, or 'skip' the step and go on",
-    "num_buckets": "number of static padded lengths (each compiles once)",
-    "group_by_length": "batch examples of similar length together (less padding)",
+    "pack": "pack each step's sentences into rows without padding between them (attention "
+            "stays within a sentence); --no-pack pads them to a shared length instead",
+    "pack_length": "length of packed rows; steps holding a longer sentence use --max-length",
+    "num_buckets": "number of static shapes per row length (packed) or padded lengths (each "
+                   "compiles once)",
+    "group_by_length": "with --no-pack: batch examples of similar length together",
 }
 
 
