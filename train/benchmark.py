@@ -993,7 +993,9 @@ def plot_sweep(sweep: list[dict], path: str, res: dict) -> None:
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("batch size per task (a step holds 5 x batch sentences)")
     ax.set_ylabel("train step: sentences / s")
-    lengths = f"seq len {res['seq_len']}" if res["seq_len"] else "real lengths, bucketed"
+    lengths = f"seq len {res['seq_len']}" if res["seq_len"] else (
+        f"real lengths; JAX {res.get('layout', 'packed')}, PyTorch "
+        f"{'padding=True per call' if res.get('torch_padding') == 'per-call' else 'same tensors'}")
     ax.set_title(f"{res['model']} {res['dtype']}, {lengths}\n{res['device_kind']} "
                  f"({res['cpu_model']}, {res['cpu_count']} CPUs), {res['date'][:10]}", fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -1096,6 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
     platform_name = jax.devices()[0].platform
     if args.attention_impl == "cudnn" and platform_name != "gpu":
         raise SystemExit(f"--attention-impl cudnn needs an NVIDIA GPU (JAX runs on {platform_name})")
+    if args.attention_impl == "cudnn" and args.layout == "packed" and not args.seq_len:
+        raise SystemExit("--attention-impl cudnn takes no packed rows: add --layout padded")
     if args.attention_impl == "cudnn" and args.dtype == "float32":
         raise SystemExit("--attention-impl cudnn needs --dtype bfloat16")
 
@@ -1151,7 +1155,8 @@ def main(argv: list[str] | None = None) -> int:
                 "compile_seconds_jax")
         res["sweep"] = [{k: by_size[b].get(k) for k in keep} for b in sizes]
     res["load_average_after"] = load_average()
-    busy = max((res["load_average_before"] or [0])[0], (res["load_average_after"] or [0])[0])
+    # The 1-minute load before the run (after it, the benchmark's own threads dominate it).
+    busy = (res["load_average_before"] or [0])[0]
     cpus = os.cpu_count() or 1
     res["machine_busy"] = bool(platform_name == "cpu" and busy > 0.5 * cpus + 1)
     print_report(res)
