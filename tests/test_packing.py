@@ -131,7 +131,8 @@ def test_packed_train_step_equals_padded_train_step():
 def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenizer):
     """On the real training files: the planned layout covers every step of a 10-epoch run (no
     shape compiles after the plan), each of 4 devices' rows hold its own examples in segment
-    order, and on one device packing pads far less than a shared padded length."""
+    order (also when 2 processes build their halves), and on one device packing pads far less
+    than a shared padded length."""
     from bert_jax.data import load_task
     from train.input_pipeline import (epoch_plan, make_step_batch, plan_layout, steps_per_epoch)
     cfg = TrainConfig()
@@ -166,6 +167,11 @@ def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenize
             np.testing.assert_array_equal(arrays[f"{t}_labels"],
                                           train[t].labels[step[t]].astype(arrays[f"{t}_labels"].dtype))
         packed = make_step_batch(train, step, one_device).arrays["packed_segment_ids"]
+        # Two processes of two devices each: same shapes, and together the one-process arrays.
+        halves = [make_step_batch(train, step, layout, process_index=p, process_count=2).arrays
+                  for p in range(2)]
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), value)
         real += int((packed > 0).sum())
         positions += packed.size
         padded = make_step_batch(train, step, padded_layout).arrays

@@ -152,7 +152,8 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
                     pad_id: int = 0, epoch: int = 0, index: int = 0,
                     process_index: int = 0, process_count: int = 1) -> StepBatch:
     """One step's arrays in `layout`, keeping this process's rows (and, packed, packing each of
-    its devices' shares separately)."""
+    its devices' shares separately). Shapes are decided from the whole global step, so every
+    process builds arrays of the same shape."""
     local = {}
     ids = {}
     for task, idx in step.items():
@@ -161,21 +162,24 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
         ids[task] = [train[task].example_ids[i] for i in local[task]]
     arrays = {}
     if layout.packed:
-        shards = _split_shards(local, max(1, layout.shards // process_count))
-        sentences = [_step_sentences(train, shard) for shard in shards]
+        all_shards = _split_shards(step, layout.shards)
+        per_process = layout.shards // process_count
         row_buckets = dict(layout.row_buckets)
-        length, needed = packed_shape([[len(s) for s in ss] for ss in sentences],
-                                      tuple(row_buckets))
+        length, needed = packed_shape(
+            [[len(s) for s in _step_sentences(train, shard)] for shard in all_shards],
+            tuple(row_buckets))
         fitting = [r for r in row_buckets[length] if r >= needed]
         num_rows = fitting[0] if fitting else needed  # past the plan: one more shape compiles
-        parts = [packing.pack(ss, length, num_rows, pad_id) for ss in sentences]
+        mine = all_shards[process_index * per_process:(process_index + 1) * per_process]
+        parts = [packing.pack(_step_sentences(train, shard), length, num_rows, pad_id)
+                 for shard in mine]
         for key in parts[0]:
             arrays[f"packed_{key}"] = np.concatenate([p[key] for p in parts])
         for task, idx in local.items():
             arrays[f"{task}_labels"] = train[task].labels[idx].astype(
                 np.float32 if task == "sts" else np.int32)
     else:
-        longest = max(int(train[t].lengths[idx].max()) for t, idx in local.items())
+        longest = max(int(train[t].lengths[idx].max()) for t, idx in step.items())
         length = bucket_length(longest, layout.buckets)
         for task, idx in local.items():
             for key, value in make_batch(train[task], idx, length, pad_id).items():
