@@ -29,10 +29,10 @@ install: $(VENV)/.core
 install-dev: $(VENV)/.dev
 
 ## The main job on the embedded default: the report's best system (preset more-epochs),
-## a short run of 300 steps (task heads at lr 1e-3 so they learn in that time; the encoder at
+## a short run of 600 steps (task heads at lr 1e-3 so they learn in that time; the encoder at
 ## the report's 1e-5), then dev scores, checkpoints and plots in $(OUT).
 train: $(VENV)/.core
-	$(PY) -m train.multitask --preset more-epochs --max-steps 300 --head-lr 1e-3 --out $(OUT) $(ARGS)
+	$(PY) -m train.multitask --preset more-epochs --max-steps 600 --head-lr 1e-3 --out $(OUT) $(ARGS)
 
 ## The same at the report's full settings (10 epochs): meant for a GPU.
 train-full: $(VENV)/.core
