@@ -233,3 +233,14 @@ def test_out_of_memory_errors_get_a_hint():
     hint = resource_hint(err)
     assert "--batch-size" in hint and "bfloat16" in hint
     assert resource_hint(ValueError("something else")) is None
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_only():
+    cfg = TrainConfig()
+    assert cfg.dtype == "auto"
+    assert [cfg.compute_dtype(p) for p in ("cpu", "gpu", "tpu")] == ["float32", "bfloat16",
+                                                                      "bfloat16"]
+    assert cfg.replace(dtype="float32").compute_dtype("gpu") == "float32"
+    assert cfg.replace(dtype="bfloat16").compute_dtype("cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be"):
+        cfg.replace(dtype="float16")

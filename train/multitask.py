@@ -179,7 +179,9 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     check_divisible(cfg.eval_batch_size, mesh, "eval batch size")
 
     run = run_data or load_run_data(cfg, files)
-    bert_config, encoder_params = load_pretrained(cfg.init, dtype=cfg.dtype)
+    dtype = cfg.compute_dtype(jax.default_backend())
+    bert_config, encoder_params = load_pretrained(cfg.init, dtype=dtype)
+    log.info("computing in %s on %s", dtype, jax.default_backend())
     bert_config = bert_config.replace(attention_impl=cfg.attention_impl)
     _check_model_shapes(out_dir, bert_config, run.tokenizer, cfg.init, resume)
     model = MultitaskBert(bert_config, cfg.head_config())
@@ -305,7 +307,8 @@ _HELP = {
     "mode": "'multitask' (one batch per task per step, summed loss) or 'sequential'",
     "batch_size": "examples per task per step (global, split over devices)",
     "epoch_steps": "multitask epoch length: 'max' or 'min' of the tasks' batch counts",
-    "dtype": "compute dtype: float32 or bfloat16 (parameters stay float32)",
+    "dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16 "
+             "(parameters stay float32)",
     "attention_impl": "jax.nn.dot_product_attention implementation: xla or cudnn (GPU, bf16)",
     "max_steps": "stop after this many steps in all (0: no limit); dev scores still computed",
     "limit_train": "use only the first N training examples of each task (0: all)",
