@@ -65,9 +65,6 @@ class StepBatch:
     epoch: int
     index: int  # step within the epoch
 
-    @property
-    def length(self) -> int:
-        return next(iter(self.arrays.values())).shape[-1] if self.arrays else 0
 
 
 def _task_seed(cfg: TrainConfig, task: str) -> int:
