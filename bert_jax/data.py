@@ -588,6 +588,11 @@ def epoch_order(num_examples: int, batch_size: int, *, seed: int, epoch: int, le
     return out
 
 
+def batch_labels(data: TaskData, indices) -> np.ndarray:
+    """The labels of examples `indices` ([B]): int32 for sst/para, float32 for sts."""
+    return data.labels[np.asarray(indices)].astype(np.float32 if data.task == "sts" else np.int32)
+
+
 def make_batch(data: TaskData, indices, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
     """Padded arrays for the examples `indices` ([B]): `input_ids_1`, `attention_mask_1` int32
     [B, length] (and `_2` for pair tasks); `labels` [B] (int32 for sst/para, float32 for sts)
@@ -608,7 +613,7 @@ def make_batch(data: TaskData, indices, length: int, pad_id: int = 0) -> dict[st
         ids, mask = pad_ids([data.ids2[i] for i in idx], length, pad_id)
         batch["input_ids_2"], batch["attention_mask_2"] = ids, mask
     if data.labels is not None:
-        batch["labels"] = data.labels[idx].astype(np.float32 if data.task == "sts" else np.int32)
+        batch["labels"] = batch_labels(data, idx)
     if not valid.all():
         batch["valid"] = valid
     return batch

@@ -314,16 +314,11 @@ class BenchData:
             shape = tuple(sorted((k, v.shape) for k, v in arrays.items()))
             shapes[shape] = shapes.get(shape, 0) + 1
             calls = torch_calls(self.train, step, arrays, torch_padding, self.tokenizer.pad_id)
-            step_real = sum(int(m.sum()) for _, m in calls)
-            real += step_real
+            real += sum(int(m.sum()) for _, m in calls)
             padded += jax_positions(arrays)
             padded_torch += sum(m.size for _, m in calls)
             if i in picked:
-                samples.append({"index": i, "jax": arrays, "torch": calls,
-                                "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
-                                "jax_shapes": jax_shapes(arrays),
-                                "torch_shapes": [m.shape for _, m in calls],
-                                "real_tokens": step_real})
+                samples.append(make_sample(i, arrays, calls))
         plan = {"steps": n, "layout": layout.describe(), "samples": samples,
                 "distinct_shapes": len(shapes), "padding_waste": 1.0 - real / padded,
                 "padding_waste_torch": 1.0 - real / padded_torch}
@@ -340,6 +335,14 @@ class BenchData:
         if limit:
             texts, ids = texts[:limit], ids[:limit]
         return texts, ids
+
+
+def make_sample(index: int, arrays, calls) -> dict:
+    """A timed step: JAX's arrays, PyTorch's encoder calls, the labels and the work sizes."""
+    return {"index": index, "jax": arrays, "torch": calls,
+            "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
+            "jax_shapes": jax_shapes(arrays), "torch_shapes": [m.shape for _, m in calls],
+            "real_tokens": sum(int(m.sum()) for _, m in calls)}
 
 
 def jax_positions(arrays) -> int:
@@ -361,17 +364,14 @@ def torch_calls(train, step, arrays, torch_padding: str, pad_id: int):
     side of the pairs to its own longest sentence (`tokenizer(batch, padding=True)`); "same"
     takes JAX's padded arrays as one call."""
     from bert_jax.tokenizer import pad_ids
+    from train.input_pipeline import step_sentence_groups
     if torch_padding == "same":
         if "packed_input_ids" in arrays:
             raise ValueError("--torch-padding same needs --layout padded")
         return [(np.concatenate([arrays[f"{t}_input_ids_{k}"] for t, k in TASK_KEYS]),
                  np.concatenate([arrays[f"{t}_attention_mask_{k}"] for t, k in TASK_KEYS]))]
-    calls = []
-    for task, k in TASK_KEYS:
-        column = train[task].ids1 if k == "1" else train[task].ids2
-        rows = [column[i] for i in step[task]]
-        calls.append(pad_ids(rows, max(len(r) for r in rows), pad_id))
-    return calls
+    return [pad_ids(rows, max(len(r) for r in rows), pad_id)
+            for rows in step_sentence_groups(train, step)]
 
 
 def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0):
@@ -387,11 +387,7 @@ def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0
     arrays["sst_labels"] = rng.integers(0, 5, batch_size).astype(np.int32)
     arrays["para_labels"] = rng.integers(0, 2, batch_size).astype(np.int32)
     arrays["sts_labels"] = rng.uniform(0, 5, batch_size).astype(np.float32)
-    calls = torch_calls(None, None, arrays, "same", 0)
-    return {"index": 0, "jax": arrays, "torch": calls,
-            "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
-            "jax_shapes": jax_shapes(arrays), "torch_shapes": [m.shape for _, m in calls],
-            "real_tokens": 5 * batch_size * length}
+    return make_sample(0, arrays, torch_calls(None, None, arrays, "same", 0))
 
 
 # ------------------------------------------------------------------------------ train step
@@ -686,6 +682,7 @@ def profile_jax(runner: "JaxTrainRunner", batch, steps: int = 3) -> dict:
         path = next(Path(folder).rglob("*.xplane.pb"))
         data = jax.profiler.ProfileData.from_file(str(path))
     by_phase, by_kind, by_op = collections.Counter(), collections.Counter(), collections.Counter()
+    by_phase_kind = collections.Counter()
     for plane in data.planes:
         for line in plane.lines:
             if line.name == "python" or "XLA" not in line.name:
@@ -695,14 +692,17 @@ def profile_jax(runner: "JaxTrainRunner", batch, steps: int = 3) -> dict:
                         or ev.name not in op_names and not re.search(r"\.\d+$|^[a-z\-_]+$", ev.name):
                     continue
                 secs = ev.duration_ns / 1e9 / steps
-                by_phase[_phase(op_names.get(ev.name, ""))] += secs
-                by_kind[_kind(ev.name)] += secs
+                phase, kind = _phase(op_names.get(ev.name, "")), _kind(ev.name)
+                by_phase[phase] += secs
+                by_kind[kind] += secs
+                by_phase_kind[f"{phase}/{kind}"] += secs
                 by_op[ev.name] += secs
     total = sum(by_phase.values())
     top = [{"op": name, "seconds": sec, "phase": _phase(op_names.get(name, "")),
             "op_name": op_names.get(name, "")[-90:]} for name, sec in by_op.most_common(12)]
     return {"wall_seconds_per_step": wall, "op_seconds_per_step": total,
             "by_phase": dict(by_phase.most_common()), "by_kind": dict(by_kind.most_common()),
+            "by_phase_and_kind": dict(by_phase_kind.most_common()),
             "top_ops": top}
 
 
@@ -744,6 +744,8 @@ def print_profiles(profiles: dict) -> None:
                   f"over threads {j['op_seconds_per_step'] * 1e3:.0f} ms")
             print("    by phase: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in j["by_phase"].items()))
             print("    by kind:  " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in j["by_kind"].items()))
+            print("    by phase and kind: " + ", ".join(
+                f"{k} {v * 1e3:.0f} ms" for k, v in j["by_phase_and_kind"].items() if v > 0.005))
             print("    top ops:  " + "; ".join(f"{o['op']} {o['seconds'] * 1e3:.1f} ms ({o['phase']})"
                                                for o in j["top_ops"][:6]))
         if t:

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from bert_jax import packing
-from bert_jax.data import TaskData, bucket_length, choose_buckets, epoch_order, make_batch
+from bert_jax.data import (TaskData, batch_labels, bucket_length, choose_buckets, epoch_order,
+                           make_batch)
 from bert_jax.heads import TASK_SENTENCES
 from train.config import TASKS, TrainConfig
 
@@ -64,7 +65,6 @@ class StepBatch:
     example_ids: dict[str, list[str]]
     epoch: int
     index: int  # step within the epoch
-
 
 
 def _task_seed(cfg: TrainConfig, task: str) -> int:
@@ -122,15 +122,17 @@ def epoch_plan(train: dict[str, TaskData], cfg: TrainConfig, epoch: int) -> list
     return [{t: orders[t][i] for t in cfg.tasks} for i in range(n_steps)]
 
 
+def step_sentence_groups(train: dict[str, TaskData], step: dict[str, np.ndarray]
+                         ) -> list[list[np.ndarray]]:
+    """The step's sentences per (task, side) in `TASK_SENTENCES` order: the SST sentences, the
+    first and the second sentences of the paraphrase pairs, then of the STS pairs."""
+    return [[(train[task].ids1 if k == "1" else train[task].ids2)[i] for i in step[task]]
+            for task in TASK_SENTENCES if task in step for k in TASK_SENTENCES[task]]
+
+
 def _step_sentences(train: dict[str, TaskData], step: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """A shard's sentences in `TASK_SENTENCES` order (the segment order the model expects)."""
-    out = []
-    for task in TASK_SENTENCES:
-        if task in step:
-            for k in TASK_SENTENCES[task]:
-                column = train[task].ids1 if k == "1" else train[task].ids2
-                out.extend(column[i] for i in step[task])
-    return out
+    """A shard's sentences in segment order (the order `MultitaskBert` expects)."""
+    return [s for group in step_sentence_groups(train, step) for s in group]
 
 
 def _split_shards(step: dict[str, np.ndarray], shards: int) -> list[dict[str, np.ndarray]]:
@@ -159,22 +161,19 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
         ids[task] = [train[task].example_ids[i] for i in local[task]]
     arrays = {}
     if layout.packed:
-        all_shards = _split_shards(step, layout.shards)
-        per_process = layout.shards // process_count
+        sentences = [_step_sentences(train, shard) for shard in _split_shards(step, layout.shards)]
         row_buckets = dict(layout.row_buckets)
-        length, needed = packed_shape(
-            [[len(s) for s in _step_sentences(train, shard)] for shard in all_shards],
-            tuple(row_buckets))
+        length, needed = packed_shape([[len(s) for s in ss] for ss in sentences],
+                                      tuple(row_buckets))
         fitting = [r for r in row_buckets[length] if r >= needed]
         num_rows = fitting[0] if fitting else needed  # past the plan: one more shape compiles
-        mine = all_shards[process_index * per_process:(process_index + 1) * per_process]
-        parts = [packing.pack(_step_sentences(train, shard), length, num_rows, pad_id)
-                 for shard in mine]
+        per_process = layout.shards // process_count
+        mine = sentences[process_index * per_process:(process_index + 1) * per_process]
+        parts = [packing.pack(ss, length, num_rows, pad_id) for ss in mine]
         for key in parts[0]:
             arrays[f"packed_{key}"] = np.concatenate([p[key] for p in parts])
         for task, idx in local.items():
-            arrays[f"{task}_labels"] = train[task].labels[idx].astype(
-                np.float32 if task == "sts" else np.int32)
+            arrays[f"{task}_labels"] = batch_labels(train[task], idx)
     else:
         longest = max(int(train[t].lengths[idx].max()) for t, idx in step.items())
         length = bucket_length(longest, layout.buckets)
@@ -188,10 +187,10 @@ def plan_layout(train: dict[str, TaskData], cfg: TrainConfig, total_steps: int,
                 shards: int = 1) -> StepLayout:
     """The run's `StepLayout` from its data: length buckets (padded), or row buckets chosen over
     the packed row counts of the run's planned steps (up to `PLAN_STEPS` of them)."""
-    lengths = np.concatenate([d.lengths for d in train.values()])
-    buckets = choose_buckets(lengths, cfg.max_length, num_buckets=cfg.num_buckets)
     if not cfg.pack:
-        return StepLayout(buckets=buckets, shards=shards)
+        lengths = np.concatenate([d.lengths for d in train.values()])
+        return StepLayout(buckets=choose_buckets(lengths, cfg.max_length, cfg.num_buckets),
+                          shards=shards)
     row_lengths = tuple(sorted({min(cfg.pack_length, cfg.max_length), cfg.max_length}))
     per_epoch = steps_per_epoch(train, cfg)
     needed: dict[int, list[int]] = {length: [] for length in row_lengths}
@@ -209,7 +208,7 @@ def plan_layout(train: dict[str, TaskData], cfg: TrainConfig, total_steps: int,
              for length in row_lengths}
     row_buckets = tuple((length, choose_buckets(rows, max(rows), count[length], multiple=1))
                         for length, rows in needed.items() if rows)
-    return StepLayout(buckets=buckets, row_buckets=row_buckets, shards=shards)
+    return StepLayout(row_buckets=row_buckets, shards=shards)
 
 
 def iterate_steps(train, cfg: TrainConfig, layout: StepLayout, start_step: int,
