@@ -1,0 +1,70 @@
+"""train.compare: best-epoch choice, fixed epochs, mean and sample spread, clear errors."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from train.compare import main, pick, run_row, spread, table
+
+
+def fake_run(path, seed, epochs):
+    """A run folder as train.multitask writes it: per-epoch dev records and the config."""
+    path.mkdir(parents=True)
+    (path / "train_config.json").write_text(json.dumps({"seed": seed}))
+    with (path / "metrics.jsonl").open("w") as f:
+        for i, (sst, para, sts) in enumerate(epochs, 1):
+            overall = (sst + para + (sts + 1) / 2) / 3
+            f.write(json.dumps({"step": 100 * i, "epoch": float(i), "sst_acc": sst,
+                                "para_acc": para, "sts_r": sts, "overall": overall}) + "\n")
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [fake_run(tmp_path / "s1", 1, [(0.40, 0.80, 0.86), (0.50, 0.82, 0.88), (0.45, 0.81, 0.88)]),
+            fake_run(tmp_path / "s2", 2, [(0.48, 0.83, 0.87), (0.46, 0.80, 0.85)]),
+            fake_run(tmp_path / "s3", 3, [(0.41, 0.79, 0.86), (0.43, 0.80, 0.87), (0.49, 0.82, 0.88)])]
+
+
+def test_best_epoch_is_the_highest_overall(runs):
+    assert [run_row(r, None)["epoch"] for r in runs] == [2.0, 1.0, 3.0]
+    assert run_row(runs[0], None)["sst_acc"] == 0.50
+    assert run_row(runs[1], None)["seed"] == 2
+
+
+def test_fixed_epoch_and_missing_epoch(runs):
+    assert run_row(runs[2], 1)["sst_acc"] == 0.41
+    with pytest.raises(SystemExit, match="no dev scores for epoch 3 .*1, 2"):
+        run_row(runs[1], 3)
+
+
+def test_mean_and_sample_std_match_statistics(runs):
+    rows = [run_row(r, None) for r in runs]
+    stats = spread(rows)
+    for key in ("sst_acc", "para_acc", "sts_r", "overall"):
+        values = [r[key] for r in rows]
+        assert stats[key][0] == pytest.approx(statistics.mean(values))
+        assert stats[key][1] == pytest.approx(statistics.stdev(values))
+    text = table(rows)
+    sst = [0.50, 0.48, 0.49]
+    assert f"{statistics.mean(sst):.3f} ± {statistics.stdev(sst):.3f}" in text
+    assert "| 2 of 3 |" in text and "mean ± std over 3 runs" in text
+
+
+def test_ties_keep_the_first_epoch():
+    recs = [{"epoch": 1.0, "overall": 0.7}, {"epoch": 2.0, "overall": 0.7}]
+    assert pick(recs, None)["epoch"] == 1.0
+
+
+def test_cli_names_the_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="nope/metrics.jsonl: no such file"):
+        main([str(tmp_path / "nope")])
+
+
+def test_cli_json(runs, capsys):
+    assert main([str(r) for r in runs] + ["--epoch", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["sst_acc"] for r in out["runs"]] == [0.40, 0.48, 0.41]
+    assert out["mean_std"]["sst_acc"][0] == pytest.approx(statistics.mean([0.40, 0.48, 0.41]))

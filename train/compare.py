@@ -1,0 +1,95 @@
+"""Tabulate the dev scores of finished runs, with mean and spread: `python -m train.compare RUN...`.
+
+Each RUN is a folder written by `python -m train.multitask` (its `metrics.jsonl` holds the dev
+scores after every epoch, `train_config.json` the settings). A run is scored at its best epoch by
+overall dev score (the epoch its `best/` checkpoint holds), or at a fixed `--epoch N` for every
+run. Prints one markdown row per run and, for two runs or more, a row of mean ± sample standard
+deviation (ddof 1) per column, e.g. for three seeds of one configuration:
+
+    python -m train.compare runs/concat-seed1 runs/concat-seed2 runs/concat-seed3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
+
+
+def epoch_scores(run_dir: Path) -> list[dict]:
+    """The dev records of `run_dir/metrics.jsonl`, one per evaluation, in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise SystemExit(f"error: {path}: no such file; is {run_dir} a run folder of "
+                         "`python -m train.multitask` that finished an epoch?")
+    records = [json.loads(line) for line in path.open() if line.strip()]
+    if not records:
+        raise SystemExit(f"error: {path}: no dev scores yet (the run has not finished an epoch)")
+    return records
+
+
+def pick(records: list[dict], epoch: int | None) -> dict:
+    """The record of `epoch` (1-based), or the first with the highest overall score."""
+    if epoch is None:
+        return max(records, key=lambda r: r["overall"])   # max keeps the first of ties
+    for r in records:
+        if abs(r["epoch"] - epoch) < 1e-6:
+            return r
+    have = ", ".join(f"{r['epoch']:g}" for r in records)
+    raise SystemExit(f"error: no dev scores for epoch {epoch} (epochs scored: {have})")
+
+
+def run_row(run_dir: Path, epoch: int | None) -> dict:
+    """Scores of one run at the chosen epoch, with its seed and how many epochs it scored."""
+    records = epoch_scores(run_dir)
+    chosen = pick(records, epoch)
+    cfg_path = Path(run_dir) / "train_config.json"
+    seed = json.loads(cfg_path.read_text()).get("seed") if cfg_path.exists() else None
+    return {"run": str(run_dir), "seed": seed, "epoch": chosen["epoch"],
+            "epochs_scored": len(records), **{k: float(chosen[k]) for k in SCORES}}
+
+
+def spread(rows: list[dict]) -> dict:
+    """Per score: (mean, sample standard deviation) over `rows`."""
+    return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
+            for k in SCORES}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| run | seed | epoch | SST acc | para acc | STS r | overall |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        scores = " | ".join(f"{r[k]:.3f}" for k in SCORES)
+        out.append(f"| `{r['run']}` | {r['seed']} | {r['epoch']:g} of {r['epochs_scored']} | "
+                   f"{scores} |")
+    if len(rows) > 1:
+        stats = spread(rows)
+        cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in stats.values())
+        out.append(f"| mean ± std over {len(rows)} runs | | | {cells} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="score every run at this epoch (default: each run's best epoch "
+                             "by overall dev score)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
+    args = parser.parse_args(argv)
+    rows = [run_row(r, args.epoch) for r in args.runs]
+    if args.json:
+        print(json.dumps({"runs": rows, **({"mean_std": spread(rows)} if len(rows) > 1 else {})},
+                         indent=2))
+    else:
+        print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
