@@ -161,3 +161,27 @@ def test_head_learning_rate_applies_to_heads_only():
     assert moved[1e-2]["sst_classifier"] == pytest.approx(1e-2, rel=0.05)
     assert moved[1e-2]["para_classifier"] == pytest.approx(1e-2, rel=0.05)
     assert moved[1e-2]["bert"] == pytest.approx(moved[0.0]["bert"], rel=1e-3)
+
+
+def test_layer_lr_decay_scales_each_encoder_layer():
+    """Adam's first step moves each parameter by about its rate: lr * decay ** depth below top."""
+    model, params, cfg = _tiny_setup(lr=1e-3)
+    params = jax.device_get(params)
+    layers = len(params["bert"]["encoder"])
+    grads = jax.tree.map(lambda p: np.full(p.shape, 0.5, np.float32), params)
+    decay, head_lr = 0.5, 1e-2
+    tx = make_optimizer(cfg.replace(layer_lr_decay=decay, head_lr=head_lr), 10, layers)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    step = lambda tree: float(np.abs(np.asarray(tree)).max())
+    bert = updates["bert"]
+    assert step(bert["pooler"]["dense"]["kernel"]) == pytest.approx(1e-3, rel=1e-3)
+    for i in range(layers):
+        kernel = bert["encoder"][f"layer_{i}"]["attention"]["self"]["query"]["kernel"]
+        assert step(kernel) == pytest.approx(1e-3 * decay ** (layers - 1 - i), rel=1e-3)
+    assert step(bert["embeddings"]["word_embeddings"]["embedding"]) == pytest.approx(
+        1e-3 * decay ** layers, rel=1e-3)
+    assert step(updates["sst_classifier"]["kernel"]) == pytest.approx(head_lr, rel=1e-3)
+    with pytest.raises(ValueError, match="num_layers"):
+        make_optimizer(cfg.replace(layer_lr_decay=decay), 10)
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        cfg.replace(layer_lr_decay=0.0)

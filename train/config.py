@@ -39,6 +39,7 @@ class TrainConfig:
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
     lr: float = 1e-5
     head_lr: float = 0.0                 # learning rate of the task heads; 0 = same as lr
+    layer_lr_decay: float = 1.0          # encoder layer i's rate x decay ** (top - i); 1 = off
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError("attention_impl 'cudnn' takes no packed rows: pass --no-pack with it")
         if self.pack_length < 1:
             raise ValueError(f"pack_length must be positive, not {self.pack_length}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1], not {self.layer_lr_decay}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be at least 1")
         self.head_config()  # validates pooling and heads

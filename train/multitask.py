@@ -191,7 +191,7 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     total_steps = cfg.epochs * per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    tx = make_optimizer(cfg, total_steps)
+    tx = make_optimizer(cfg, total_steps, bert_config.num_hidden_layers)
     state = create_state(params, tx, cfg.seed, mesh)
     del params, encoder_params
 
@@ -315,6 +315,9 @@ _HELP = {
     "limit_eval": "evaluate on the first N dev examples of each task (0: all)",
     "head_lr": "learning rate of the task heads (0: the same as --lr); fresh heads learn "
                "slowly at the encoder's 1e-5",
+    "layer_lr_decay": "layer-wise learning-rate decay: the top encoder layer and the pooler "
+                      "train at --lr, each layer below at DECAY times the one above, the "
+                      "embeddings at DECAY ** layers (1: off)",
     "nonfinite": "on a non-finite loss: 'stop' the run, or 'skip' the step and go on",
     "pack": "pack each step's sentences into rows without padding between them (attention "
             "stays within a sentence); --no-pack pads them to a shared length instead",

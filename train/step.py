@@ -48,21 +48,53 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def encoder_lr_scale(path: tuple[str, ...], num_layers: int, decay: float) -> float:
+    """Learning-rate multiplier of the encoder parameter at `path` (keys below `bert/`) under
+    layer-wise decay: the top layer `encoder/layer_{L-1}` and the pooler x 1, each layer below
+    x `decay` more (`layer_i`: decay ** (L - 1 - i)), the embeddings decay ** L."""
+    if path[0] == "embeddings":
+        return decay ** num_layers
+    if path[0] == "encoder" and path[1].startswith("layer_"):
+        return decay ** (num_layers - 1 - int(path[1].removeprefix("layer_")))
+    return 1.0
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int,
+                   num_layers: int = 0) -> optax.GradientTransformation:
     """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping.
 
     With `head_lr > 0` the task heads (every parameter outside `bert/`) get their own learning
-    rate, on the same warm-up/decay schedule; otherwise every parameter uses `lr`.
+    rate, on the same warm-up/decay schedule; otherwise every parameter uses `lr`. With
+    `layer_lr_decay < 1` the encoder's rate shrinks layer by layer downwards
+    (`encoder_lr_scale`; `num_layers`: the encoder's depth).
     """
     def adamw_at(lr):
         return optax.adamw(make_schedule(cfg.replace(lr=lr), total_steps), b1=cfg.b1, b2=cfg.b2,
                            eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    adamw = adamw_at(cfg.lr)
-    if cfg.head_lr > 0:
+    head_lr = cfg.head_lr if cfg.head_lr > 0 else cfg.lr
+    if cfg.layer_lr_decay != 1.0:
+        if num_layers < 1:
+            raise ValueError("layer_lr_decay needs the encoder's num_layers")
+        scale = lambda path: encoder_lr_scale(path, num_layers, cfg.layer_lr_decay)
+        groups = {f"x{scale(p):.6g}": cfg.lr * scale(p) for p in
+                  [("embeddings",), ("pooler",)] + [("encoder", f"layer_{i}") for i in
+                                                     range(num_layers)]}
+        groups["heads"] = head_lr
+
+        def labels(params):
+            def encoder_label(path, _):
+                return f"x{scale(tuple(getattr(k, 'key', k) for k in path)):.6g}"
+            return {k: jax.tree_util.tree_map_with_path(encoder_label, v) if k == "bert"
+                    else jax.tree.map(lambda _: "heads", v) for k, v in params.items()}
+        adamw = optax.multi_transform({g: adamw_at(lr) for g, lr in groups.items()}, labels)
+    elif cfg.head_lr > 0:
         labels = lambda params: {k: jax.tree.map(lambda _: "encoder" if k == "bert" else "heads", v)
                                  for k, v in params.items()}
-        adamw = optax.multi_transform({"encoder": adamw, "heads": adamw_at(cfg.head_lr)}, labels)
+        adamw = optax.multi_transform({"encoder": adamw_at(cfg.lr), "heads": adamw_at(head_lr)},
+                                      labels)
+    else:
+        adamw = adamw_at(cfg.lr)
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
