@@ -110,9 +110,11 @@ def test_a_few_dozen_steps_lower_each_task_loss(data_dir, tmp_path):
     assert summary["train_step_compiles"] == 1
 
 
-def test_stopped_then_resumed_run_equals_uninterrupted(tiny_init, data_dir, tmp_path):
+@pytest.mark.parametrize("changes", [{}, {"layer_lr_decay": 0.8, "head_lr": 1e-2}],
+                         ids=["one-rate", "layer-decay"])
+def test_stopped_then_resumed_run_equals_uninterrupted(tiny_init, data_dir, tmp_path, changes):
     files = data_files(str(data_dir))
-    cfg = tiny_config(tiny_init)  # 10 steps per epoch, 2 epochs
+    cfg = tiny_config(tiny_init, **changes)  # 10 steps per epoch, 2 epochs
     train_and_evaluate(cfg, tmp_path / "full", files, progress=False, save_every=3)
     train_and_evaluate(cfg.replace(max_steps=7), tmp_path / "split", files, progress=False,
                        save_every=3)

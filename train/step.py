@@ -48,15 +48,22 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def encoder_lr_scale(path: tuple[str, ...], num_layers: int, decay: float) -> float:
-    """Learning-rate multiplier of the encoder parameter at `path` (keys below `bert/`) under
-    layer-wise decay: the top layer `encoder/layer_{L-1}` and the pooler x 1, each layer below
-    x `decay` more (`layer_i`: decay ** (L - 1 - i)), the embeddings decay ** L."""
+def encoder_lr_group(path: tuple[str, ...]) -> str:
+    """Layer-wise learning-rate group of the encoder parameter at `path` (keys below `bert/`):
+    "embeddings", "layer_{i}" or "top" (the pooler)."""
     if path[0] == "embeddings":
-        return decay ** num_layers
+        return "embeddings"
     if path[0] == "encoder" and path[1].startswith("layer_"):
-        return decay ** (num_layers - 1 - int(path[1].removeprefix("layer_")))
-    return 1.0
+        return path[1]
+    return "top"
+
+
+def encoder_lr_scales(num_layers: int, decay: float) -> dict[str, float]:
+    """Learning-rate multiplier per `encoder_lr_group`: the top layer `layer_{L-1}` and the pooler
+    x 1, each layer below x `decay` more (`layer_i`: decay ** (L - 1 - i)), the embeddings
+    decay ** L."""
+    scales = {f"layer_{i}": decay ** (num_layers - 1 - i) for i in range(num_layers)}
+    return {"embeddings": decay ** num_layers, **scales, "top": 1.0}
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int,
@@ -66,7 +73,7 @@ def make_optimizer(cfg: TrainConfig, total_steps: int,
     With `head_lr > 0` the task heads (every parameter outside `bert/`) get their own learning
     rate, on the same warm-up/decay schedule; otherwise every parameter uses `lr`. With
     `layer_lr_decay < 1` the encoder's rate shrinks layer by layer downwards
-    (`encoder_lr_scale`; `num_layers`: the encoder's depth).
+    (`encoder_lr_scales`; `num_layers`: the encoder's depth).
     """
     def adamw_at(lr):
         return optax.adamw(make_schedule(cfg.replace(lr=lr), total_steps), b1=cfg.b1, b2=cfg.b2,
@@ -76,18 +83,14 @@ def make_optimizer(cfg: TrainConfig, total_steps: int,
     if cfg.layer_lr_decay != 1.0:
         if num_layers < 1:
             raise ValueError("layer_lr_decay needs the encoder's num_layers")
-        scale = lambda path: encoder_lr_scale(path, num_layers, cfg.layer_lr_decay)
-        groups = {f"x{scale(p):.6g}": cfg.lr * scale(p) for p in
-                  [("embeddings",), ("pooler",)] + [("encoder", f"layer_{i}") for i in
-                                                     range(num_layers)]}
-        groups["heads"] = head_lr
+        rates = {g: cfg.lr * x for g, x in encoder_lr_scales(num_layers, cfg.layer_lr_decay).items()}
 
         def labels(params):
-            def encoder_label(path, _):
-                return f"x{scale(tuple(getattr(k, 'key', k) for k in path)):.6g}"
-            return {k: jax.tree_util.tree_map_with_path(encoder_label, v) if k == "bert"
+            group = lambda path, _: encoder_lr_group(tuple(getattr(k, "key", k) for k in path))
+            return {k: jax.tree_util.tree_map_with_path(group, v) if k == "bert"
                     else jax.tree.map(lambda _: "heads", v) for k, v in params.items()}
-        adamw = optax.multi_transform({g: adamw_at(lr) for g, lr in groups.items()}, labels)
+        adamw = optax.multi_transform(
+            {**{g: adamw_at(lr) for g, lr in rates.items()}, "heads": adamw_at(head_lr)}, labels)
     elif cfg.head_lr > 0:
         labels = lambda params: {k: jax.tree.map(lambda _: "encoder" if k == "bert" else "heads", v)
                                  for k, v in params.items()}
