@@ -79,25 +79,25 @@ def make_optimizer(cfg: TrainConfig, total_steps: int,
         return optax.adamw(make_schedule(cfg.replace(lr=lr), total_steps), b1=cfg.b1, b2=cfg.b2,
                            eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    head_lr = cfg.head_lr if cfg.head_lr > 0 else cfg.lr
     if cfg.layer_lr_decay != 1.0:
         if num_layers < 1:
             raise ValueError("layer_lr_decay needs the encoder's num_layers")
-        rates = {g: cfg.lr * x for g, x in encoder_lr_scales(num_layers, cfg.layer_lr_decay).items()}
-
+        encoder_rates = {g: cfg.lr * x
+                         for g, x in encoder_lr_scales(num_layers, cfg.layer_lr_decay).items()}
+        encoder_group = encoder_lr_group
+    else:
+        encoder_rates, encoder_group = {"encoder": cfg.lr}, lambda path: "encoder"
+    if len(encoder_rates) == 1 and cfg.head_lr <= 0:
+        adamw = adamw_at(cfg.lr)
+    else:
         def labels(params):
-            group = lambda path, _: encoder_lr_group(tuple(getattr(k, "key", k) for k in path))
+            group = lambda path, _: encoder_group(tuple(getattr(k, "key", k) for k in path))
             return {k: jax.tree_util.tree_map_with_path(group, v) if k == "bert"
                     else jax.tree.map(lambda _: "heads", v) for k, v in params.items()}
+        head_lr = cfg.head_lr if cfg.head_lr > 0 else cfg.lr
         adamw = optax.multi_transform(
-            {**{g: adamw_at(lr) for g, lr in rates.items()}, "heads": adamw_at(head_lr)}, labels)
-    elif cfg.head_lr > 0:
-        labels = lambda params: {k: jax.tree.map(lambda _: "encoder" if k == "bert" else "heads", v)
-                                 for k, v in params.items()}
-        adamw = optax.multi_transform({"encoder": adamw_at(cfg.lr), "heads": adamw_at(head_lr)},
-                                      labels)
-    else:
-        adamw = adamw_at(cfg.lr)
+            {**{g: adamw_at(lr) for g, lr in encoder_rates.items()}, "heads": adamw_at(head_lr)},
+            labels)
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
