@@ -36,6 +36,12 @@ class TrainConfig:
     num_buckets: int = 4                 # static shapes the step compiles for (per row length)
     group_by_length: bool = True         # unpacked: batch similar lengths together
     epoch_steps: str = "max"             # multitask epoch: "max" | "min" of the tasks' batches
+    # Extra data, off by default (the report trained on SST sentences only): train/sst_phrases.py
+    sst_phrases: str = ""                # labelled SST train-tree phrases file ("" = none)
+    sst_phrases_count: int = -1          # phrases added to SST; -1 = as many as make SST as
+                                         # large as the largest task (same epoch length)
+    sst_phrases_min_words: int = 5       # only phrases of at least this many words
+    sst_phrases_match_labels: bool = True  # sample phrases in the sentences' label proportions
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
     lr: float = 1e-5
     head_lr: float = 0.0                 # learning rate of the task heads; 0 = same as lr
@@ -74,6 +80,14 @@ class TrainConfig:
             raise ValueError(f"pack_length must be positive, not {self.pack_length}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay must be in (0, 1], not {self.layer_lr_decay}")
+        if self.sst_phrases_count < -1:
+            raise ValueError("sst_phrases_count must be -1 (fill SST to the largest task) or a "
+                             f"count >= 0, not {self.sst_phrases_count}")
+        if self.sst_phrases_min_words < 1:
+            raise ValueError("sst_phrases_min_words must be at least 1, not "
+                             f"{self.sst_phrases_min_words}")
+        if self.sst_phrases and "sst" not in self.tasks:
+            raise ValueError("sst_phrases adds SST training data: the tasks must include sst")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be at least 1")
         self.head_config()  # validates pooling and heads
