@@ -3,53 +3,120 @@
 Orbax writes each step into a temporary folder and renames it when complete, so a kill during a
 save leaves the previous checkpoint intact. Restoring walks back from the newest step and skips
 any that fail to load (naming them), so a damaged checkpoint costs at most one save interval.
+Readers (`load_run`, `RunCheckpoints(read_only=True)`) never write: they leave a running
+training's in-flight temporary folders alone and work on read-only folders. One training at a
+time writes a run folder (`run_lock`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import filelock
 import jax
 import orbax.checkpoint as ocp
 
 from bert_jax.config import BertConfig
+from bert_jax.errors import BertJaxError
 from bert_jax.heads import HeadConfig
 
 log = logging.getLogger("bert_jax.checkpoints")
 
 
-class CheckpointError(RuntimeError):
-    """No intact checkpoint could be restored."""
+class CheckpointError(BertJaxError, RuntimeError):
+    """No intact checkpoint could be restored, or one could not be written."""
 
 
-def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold `RUN/.train.lock` while a training writes the run folder; a second training on the
+    same folder is refused at once (CheckpointError). The OS releases the lock when the holder
+    dies, even by SIGKILL, so a crashed run never blocks its `--resume`."""
+    path = Path(run_dir) / LOCK_NAME
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise CheckpointError(
+            f"{run_dir}: another training is writing this run folder (it holds {path}). Wait "
+            "for it to finish, or pass another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _NoCheckpoints:
+    """Stands in for the manager of a folder that does not exist (read-only use)."""
+
+    directory: Path
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def all_steps(self):
+        return []
+
+    def latest_step(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def _manager(directory: Path, keep: int, read_only: bool = False):
+    if read_only and not directory.is_dir():
+        return _NoCheckpoints(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(directory.resolve(), options=options,
                                  item_names=("state", "meta"))
 
 
 class RunCheckpoints:
-    """`last/` and `best/` managers of a run folder. State = any pytree (a `TrainState`)."""
+    """`last/` and `best/` managers of a run folder. State = any pytree (a `TrainState`).
 
-    def __init__(self, run_dir: str | Path, keep_last: int = 2):
+    `read_only=True` opens the folder for restoring only: nothing is created, cleaned or
+    written (what every reader of a run uses, so a running training is never disturbed).
+    """
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 2, read_only: bool = False):
         self.run_dir = Path(run_dir)
-        self.last = _manager(self.run_dir / "last", keep_last)
-        self.best = _manager(self.run_dir / "best", 1)
+        self.read_only = read_only
+        self.last = _manager(self.run_dir / "last", keep_last, read_only)
+        self.best = _manager(self.run_dir / "best", 1, read_only)
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
-        """Save `state` and JSON `meta` at `step` into `last/` (and `best/` when `best`)."""
+        """Save `state` and JSON `meta` at `step` into `last/` (and `best/` when `best`).
+
+        A checkpoint already at `step` (say a damaged one that a resumed run went back past) is
+        replaced. A write that fails (disk full, permissions) raises CheckpointError naming the
+        folder; the previous checkpoints stay intact.
+        """
+        if self.read_only:
+            raise CheckpointError(f"{self.run_dir}: opened read-only; cannot save")
         managers = [self.last] + ([self.best] if best else [])
         for manager in managers:
-            if step in manager.all_steps():
-                continue
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(meta)))
-            manager.wait_until_finished()
+            try:
+                if step in manager.all_steps():
+                    manager.delete(step)
+                manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           meta=ocp.args.JsonSave(meta)))
+                manager.wait_until_finished()
+            except OSError as err:
+                raise CheckpointError(
+                    f"{manager.directory}: could not write the checkpoint of step {step} "
+                    f"({err.strerror or err}). Free disk space or fix the folder's permissions, "
+                    "then continue with --resume from the previous checkpoint") from err
 
     def restore(self, target: Any, which: str = "last", step: int | None = None):
         """Newest intact checkpoint of `which` as (state shaped like `target`, meta, step).
@@ -105,15 +172,34 @@ def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
             raise CheckpointError(
                 f"{run_dir}: not a training run folder (no {name}); pass the --out folder of "
                 "`python -m train.multitask`")
-    checkpoints = RunCheckpoints(run_dir)
+    checkpoints = RunCheckpoints(run_dir, read_only=True)
     try:
         if which == "best" and checkpoints.latest_step("best") is None:
             which = "last"
-        state, meta, _ = checkpoints.restore(None, which)
+        try:
+            state, meta, _ = checkpoints.restore(None, which)
+        except CheckpointError as err:
+            if which == "best" and checkpoints.latest_step("last") is not None:
+                raise CheckpointError(
+                    f"{err}\nThe run's last/ checkpoint (step {checkpoints.latest_step('last')}) "
+                    "may be intact: load it with which='last' (--which last)") from None
+            raise
     finally:
         checkpoints.close()
-    train_config = json.loads((run_dir / "train_config.json").read_text())
+    train_config = read_json(run_dir / "train_config.json")
     heads = HeadConfig(**{f.name: train_config[f.name] for f in dataclasses.fields(HeadConfig)
                           if f.name in train_config})
     return RunFiles(run_dir, BertConfig.from_json(run_dir / "config.json"), heads,
                     run_dir / "vocab.txt", state["params"], meta)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; CheckpointError naming the file when it is not one."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); the file is damaged. Restore "
+                              "it from a copy, or write it again") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value

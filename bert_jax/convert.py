@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bert_jax.config import BertConfig
+from bert_jax.errors import BertJaxError
 
 Params = dict[str, Any]
 
@@ -43,7 +44,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-class ConversionError(ValueError):
+class ConversionError(BertJaxError, ValueError):
     """A checkpoint that cannot be converted: unreadable, not BERT, or not matching the config."""
 
 
@@ -451,7 +452,9 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
     if out_dir is not None:
         if vocab_file is None:
             vocab_file = _default_vocab(folder, source_format, config, report)
-        save_converted(out_dir, params, config, vocab_file, overwrite=overwrite, metadata={
+        save_converted(out_dir, params, config, vocab_file, overwrite=overwrite,
+                       protect=[src, weights] + ([Path(config_file)] if config_file else []),
+                       metadata={
             "source": str(weights.resolve()), "source_format": report.source_format,
             "skipped": report.skipped, "ignored": report.ignored,
             "missing_pooler": report.missing_pooler})
@@ -487,17 +490,54 @@ def params_crc32(params: Params) -> str:
     return f"{crc:08x}"
 
 
+def check_output_folder(out: Path, protect: list[Path], overwrite: bool) -> None:
+    """Refuse an output folder whose replacement would destroy what it must not.
+
+    `out` may not be, hold, or (for folders in `protect`) lie inside any path of `protect` (the
+    sources) nor be or hold the current folder; with `overwrite`, an existing `out` must be a
+    previous conversion (it holds `conversion.json` and `params/`) or an empty folder.
+    Raises ConversionError (or FileExistsError without `overwrite`) naming both paths.
+    """
+    out = out.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ConversionError(f"{out}: OUT is the current folder or holds it; pass a new "
+                              "folder for the converted model (e.g. converted/)")
+    for source in protect:
+        source = Path(source).resolve()
+        if out == source or out in source.parents:
+            raise ConversionError(f"{out}: OUT is or holds the source {source}; replacing it "
+                                  "would delete the source. Pass another OUT")
+        if source.is_dir() and source in out.parents:
+            raise ConversionError(f"{out}: OUT lies inside the source folder {source}; pass a "
+                                  "folder outside it")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
+    is_conversion = (out / "conversion.json").is_file() and (out / "params").is_dir()
+    if not out.is_dir() or not (is_conversion or not any(out.iterdir())):
+        raise ConversionError(f"{out}: exists and is not a converted model folder (no "
+                              "conversion.json and params/); --overwrite replaces only an "
+                              "earlier conversion. Pass another OUT, or remove it yourself")
+
+
 def save_converted(out_dir: str | Path, params: Params, config: BertConfig,
                    vocab_file: str | Path, *, overwrite: bool = False,
-                   metadata: dict[str, Any] | None = None) -> Path:
+                   metadata: dict[str, Any] | None = None,
+                   protect: list[Path] | None = None) -> Path:
     """Write `params/` (orbax), `config.json`, `vocab.txt`, `conversion.json` to `out_dir`.
 
     Built in a temporary sibling folder and renamed into place, so `out_dir` is either absent or
-    complete. An existing `out_dir` raises `FileExistsError` unless `overwrite`.
+    complete. An existing `out_dir` raises `FileExistsError` unless `overwrite`, and even then
+    only an earlier conversion (or an empty folder) is replaced; `out_dir` may never be, hold or
+    lie inside a path of `protect` (the sources), nor be or hold the current folder
+    (`check_output_folder`).
     """
     import orbax.checkpoint as ocp
     out = Path(out_dir).resolve()
     vocab_file = Path(vocab_file)
+    check_output_folder(out, [*(protect or []), vocab_file], overwrite)
     if not vocab_file.is_file():
         raise FileNotFoundError(f"{vocab_file}: no such vocab file")
     with vocab_file.open(encoding="utf-8") as f:
@@ -505,8 +545,6 @@ def save_converted(out_dir: str | Path, params: Params, config: BertConfig,
     if vocab_lines > config.vocab_size:
         raise ConversionError(f"{vocab_file}: {vocab_lines} tokens, more than the model's "
                               f"vocab_size {config.vocab_size}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

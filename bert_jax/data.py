@@ -20,12 +20,14 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
 import numpy as np
 
+from bert_jax.errors import BertJaxError
 from bert_jax.tokenizer import pad_ids
 
 logger = logging.getLogger("bert_jax.data")
@@ -51,7 +53,7 @@ _SKIP_HINT = "Fix or delete the row, or pass skip_bad_rows=True (--skip-bad-rows
 _CACHE_VERSION = "1"
 
 
-class DataError(ValueError):
+class DataError(BertJaxError, ValueError):
     """Bad input data. The message names the file, the line (1-based, header = line 1), the
     problem and what to do about it."""
 
@@ -107,7 +109,12 @@ def _read_text(path: Path) -> str:
                    "Check the path, or pass --data-dir (data_dir=) the folder holding the CS224N files")
     if not path.is_file():
         raise _err(path, None, "not a file", "Pass the path of a .csv file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise _err(path, None, f"cannot read the file ({err.strerror or err})",
+                   "Check its permissions (e.g. `chmod a+r FILE`) or copy it somewhere readable"
+                   ) from None
     if not raw:
         raise _err(path, None, "empty file (0 bytes): no header and no rows",
                    "Pass a non-empty tab-separated file with a header line")
@@ -150,20 +157,30 @@ def _iter_records(path: Path, text: str):
                            "with one, and quotes inside it are doubled") from None
             if row == []:  # DictReader skips blank lines
                 continue
-            yield start, row
+            yield start, reader.line_num, row
 
     return header, records()
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+
+
 def _parse_label(task: str, value: str) -> tuple[Any, str | None]:
-    """(label, None) or (None, what is wrong)."""
+    """(label, None) or (None, what is wrong). A label is a plain decimal number (`3`, `1.0`,
+    `4.25`; a sign and spaces around it allowed): no exponent, digit separator, `inf`/`nan` or
+    non-ASCII digit, which `float()` would accept."""
     name = _LABEL_COLUMN[task]
     if value.strip() == "":
         return None, f"{name} is empty (the row has no label)"
-    try:
-        x = float(value)
-    except ValueError:
-        return None, f"{name} {value!r} is not a number"
+    if not _PLAIN_NUMBER.fullmatch(value.strip(" ")):
+        try:
+            x = float(value)
+        except ValueError:
+            return None, f"{name} {value!r} is not a number"
+        if not math.isfinite(x):
+            return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
+        return None, f"{name} {value!r} is not a plain decimal number (like 3 or 1.0)"
+    x = float(value)
     if not math.isfinite(x):
         return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
     if task == "sst":
@@ -216,9 +233,21 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
     ids, lines, labels = [], [], []
     texts: list[list[str]] = [[] for _ in text_cols]
     skipped: list[tuple[int, str]] = []
+    first_line_of: dict[str, int] = {}
     n_fields = len(header)
-    for line, row in records:
+    for line, end, row in records:
         problem = None
+        if end > line or any(ch in field for field in row for ch in "\t\r\n"):
+            # csv joined physical lines into one record: a double quote opened and closed
+            # lines later (or never), swallowing the rows in between. Every line is named.
+            span = f"lines {line}-{end}" if end > line else f"line {line}"
+            problem = (f"{span} were read as one row: a field holds a line break or tab, the "
+                       "sign of an unbalanced double quote (a field that starts with \" must end "
+                       "with one; quotes inside it are doubled)")
+            if not skip_bad_rows:
+                raise _err(path, line, problem, _SKIP_HINT)
+            skipped.extend((n, problem) for n in range(line, end + 1))
+            continue
         if len(row) < n_fields:
             problem = (f"{len(row)} field{'s' if len(row) != 1 else ''}, the header has "
                        f"{n_fields} ({', '.join(repr(h) for h in header)})")
@@ -235,6 +264,8 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
                 problem = "the id is empty"
             elif (empty := [c for c, s in zip(text_cols, sents) if not s]):
                 problem = f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+            elif ex_id in first_line_of:
+                problem = f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
             elif label_col is not None:
                 label, problem = _parse_label(task, row[pos[label_col]])
         if problem is not None:
@@ -245,6 +276,7 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
             skipped.append((line, problem))
             continue
         ids.append(ex_id)
+        first_line_of[ex_id] = line
         lines.append(line)
         for col, s in zip(texts, sents):
             col.append(s)
@@ -369,21 +401,46 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
         return out
 
     key = cache_key(ds, tokenizer, max_length)
-    kwargs: dict[str, Any] = {}
+    run = functools.partial(ds.map, encode, batched=True, input_columns=in_cols,
+                            features=features, new_fingerprint=key[:40], desc="tokenizing")
+    cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        kwargs = dict(cache_file_name=str(folder / f"tokens-{key[:40]}.arrow"),
-                      load_from_cache_file=True)
+        cache_file = _writable_cache_file(folder, f"tokens-{key[:40]}.arrow")
+    if cache_file is None:
+        out = run(keep_in_memory=True)
     else:
-        kwargs = dict(keep_in_memory=True)
-    out = ds.map(encode, batched=True, input_columns=in_cols, features=features,
-                 new_fingerprint=key[:40], desc="tokenizing", **kwargs)
+        try:
+            out = run(cache_file_name=str(cache_file), load_from_cache_file=True)
+            out.with_format("arrow")[:1]  # a damaged file fails here, not later in training
+        except Exception as err:  # noqa: BLE001 - any unreadable cache: rebuild it once
+            if not cache_file.exists():
+                raise
+            logger.warning("%s: the token cache is damaged (%s: %s); rebuilding it", cache_file,
+                           type(err).__name__, str(err)[:200])
+            cache_file.unlink()
+            out = run(cache_file_name=str(cache_file), load_from_cache_file=False)
     n = count_truncated(out, max_length)
     if n:
         logger.warning("%d sentence%s longer than max_length=%d tokens truncated (of %d)", n,
                        "s" if n > 1 else "", max_length, len(out) * (2 if pair else 1))
     return out
+
+
+def _writable_cache_file(folder: Path, name: str) -> Path | None:
+    """`folder / name` when the folder can hold a cache file; else None (tokenize in memory)
+    after a warning naming the folder and the fix (`BERT_JAX_CACHE`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return folder / name
+    except OSError as err:
+        logger.warning("%s: cannot write the token cache there (%s); tokenizing in memory. Set "
+                       "BERT_JAX_CACHE to a writable folder to cache it", folder,
+                       err.strerror or err)
+        return None
 
 
 def count_truncated(ds: datasets.Dataset, max_length: int) -> int:
@@ -474,10 +531,36 @@ def load_task(data_dir_or_file: str | os.PathLike | None, task: str, split: str,
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
     tok = tokenize_split(ds, tokenizer, max_length, cache_dir=cache_dir)
+    tok = _drop_empty_after_normalising(tok, path, skip_bad_rows)
     data = task_data(tok, task)
     data.truncated = count_truncated(tok, max_length)
     data.source = str(path)
     return data
+
+
+def _drop_empty_after_normalising(tok: datasets.Dataset, path: Path, skip_bad_rows: bool
+                                  ) -> datasets.Dataset:
+    """Rows with a sentence that the tokenizer's normaliser empties (only control, format or
+    combining characters: [CLS] [SEP] and nothing between) are bad rows: DataError naming the
+    first, or skipped and listed with `skip_bad_rows`."""
+    table = tok.with_format("arrow")[:]
+    empty = np.zeros(len(tok), bool)
+    for col in ("len1", "len2"):
+        if col in table.column_names:
+            empty |= table.column(col).to_numpy() <= 2
+    if not empty.any():
+        return tok
+    lines = table.column("line").to_numpy()[empty].tolist()
+    problem = "a sentence is empty once normalised (only control, format or accent characters)"
+    if not skip_bad_rows:
+        raise _err(path, lines[0], problem, _SKIP_HINT)
+    if empty.all():
+        raise _err(path, None, f"no usable rows: every sentence is empty once normalised "
+                   f"(first: line {lines[0]})", "Check the file and its task")
+    logger.warning("%s: skipped %d row%s whose sentence is empty once normalised (line%s %s)",
+                   path, len(lines), "s" if len(lines) > 1 else "", "s" if len(lines) > 1 else "",
+                   ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else ""))
+    return tok.select(np.flatnonzero(~empty))
 
 
 # ----------------------------------------------------------------------------------- buckets

@@ -17,10 +17,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from bert_jax.cli import positive_int
+from bert_jax.errors import BertJaxError
 
 TASK_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
                 "sts": ("sentence1", "sentence2")}
@@ -28,7 +33,7 @@ _KNOWN_COLUMNS = {"id", "sentence", "sentence1", "sentence2", "sentiment", "is_d
                   "similarity"}
 
 
-class InputError(ValueError):
+class InputError(BertJaxError, ValueError):
     """Unusable input: the message says what is wrong and where."""
 
 
@@ -47,7 +52,9 @@ def parse_input(text: str, task: str, source: str = "input"
     if text.startswith("\ufeff"):
         text = text[1:]
     want = TASK_COLUMNS[task]
-    lines = text.splitlines()
+    # Lines end at \n, \r\n or \r only: str.splitlines() would also split at Unicode line
+    # separators inside a sentence and shift every later line number (the ids).
+    lines = re.split(r"\r\n|\r|\n", text)
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise InputError(f"{source}: empty input: no sentences")
@@ -106,6 +113,13 @@ def _read_table(text: str, delimiter: str, want: tuple[str, ...], source: str):
     return ids, columns
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def load_model(ckpt: str, which: str = "best", **kwargs):
     """A run folder -> `MultitaskModel.load`; a model name or converted/HF folder ->
     `MultitaskModel.from_pretrained` (fresh heads)."""
@@ -159,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="FILE", help="write the CSV here (default stdout)")
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="checkpoint of a run folder (default best)")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="examples per batch (default 32)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="tokens per sentence (default: the run's training max_length, "
                              "else 128)")
     return parser
@@ -171,17 +185,24 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.input == "-":
-            text, source = sys.stdin.read(), "stdin"
+            # bytes, so that text which is not UTF-8 gets the same clear error as a file
+            stdin = getattr(sys.stdin, "buffer", None)
+            raw = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8")
+            source = "stdin"
         else:
             path = Path(args.input)
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
+            if args.output and _same_file(path, Path(args.output)):
+                raise InputError(f"--output {args.output} is the input file: writing the "
+                                 "predictions would replace it. Pass another --output")
             source = str(path)
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}). "
-                                 "Re-save it as UTF-8") from None
+            raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start}). "
+                             "Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
         id_name, ids, columns = parse_input(text, args.task, source)
         kwargs = {"batch_size": args.batch_size}
         if args.max_length:
@@ -198,9 +219,15 @@ def main(argv=None) -> int:
                   "cosine head works zero-shot)", file=sys.stderr)
         outputs = model.raw_outputs(args.task, *columns)
         if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.output, "w", newline="") as f:
-                write_csv(f, id_name, ids, args.task, outputs)
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            try:  # written whole, then renamed: a failure never leaves half a file
+                with open(tmp, "w", newline="") as f:
+                    write_csv(f, id_name, ids, args.task, outputs)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
             print(f"wrote {len(ids)} predictions to {args.output}", file=sys.stderr)
         else:
             write_csv(sys.stdout, id_name, ids, args.task, outputs)

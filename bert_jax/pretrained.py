@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
+from bert_jax.errors import BertJaxError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -54,7 +56,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # Loading parameters.
 
-class ChecksumError(ValueError):
+class ChecksumError(BertJaxError, ValueError):
     """A model file whose sha256 is not the expected one."""
 
 
@@ -126,12 +128,14 @@ def _load_default(cache_dir: Path) -> tuple[BertConfig, Any]:
         except Exception as err:  # noqa: BLE001 - any damage means: rebuild it
             warnings.warn(f"{entry}: cached conversion unusable ({err}); converting again",
                           stacklevel=3)
+            shutil.rmtree(entry, ignore_errors=True)  # our own cache entry, and damaged
     config, params, report = convert.convert_checkpoint(folder, verbose=False)
     try:
         convert.save_converted(entry, params, config, folder / "vocab.txt", overwrite=True,
                                metadata={"source": str(weights), "source_sha256": sha,
                                          "source_format": report.source_format,
                                          "ignored": report.ignored, "skipped": report.skipped})
-    except OSError as err:  # read-only or racing writer: the params in memory are still good
+    except (OSError, convert.ConversionError) as err:  # read-only cache, racing writer: the
+        # params in memory are still good
         warnings.warn(f"{entry}: could not cache the converted model ({err})", stacklevel=3)
     return config, jax.tree.map(jnp.asarray, params)

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -105,12 +106,18 @@ def test_empty_sentence(tmp_path):
     ("sts", "inf", "must be finite"),
     ("sts", "-Infinity", "must be finite"),
     ("sst", "NaN", "must be finite"),
+    # spellings float() accepts that are no plain number
+    ("sst", "1e0", "not a plain decimal number"),
+    ("sst", "1_0", "not a plain decimal number"),
+    ("para", "\uff11", "not a plain decimal number"),          # fullwidth 1
+    ("sts", "\u0663", "not a plain decimal number"),           # Arabic-Indic 3
+    ("sts", "0x1", "is not a number"),
 ])
 def test_bad_labels(tmp_path, task, label, match):
     good = {"sst": ("a", "fine .", "3"), "para": ("a", "q1", "q2", "1.0"),
             "sts": ("a", "s1", "s2", "4.2")}[task]
-    bad = good[:-1] + (label,)
-    p = write_tsv(tmp_path / f"{task}-labels.csv", HEADERS[task], [good, good, good, bad])
+    rows = [(f"g{i}",) + good[1:] for i in range(3)] + [good[:-1] + (label,)]
+    p = write_tsv(tmp_path / f"{task}-labels.csv", HEADERS[task], rows)
     raises(p, task, line=5, match=match)
 
 
@@ -151,15 +158,64 @@ def test_wrong_number_of_fields(tmp_path):
 
 
 def test_line_numbers_follow_multiline_records(tmp_path):
+    # A quoted field spanning lines is the sign of an unbalanced quote: the record is a bad row
+    # naming every line it swallowed, and the line numbers after it stay right.
     rows = [("a", "one\nline two\nline three", "1"), ("b", "fine", "2"), ("c", "", "3")]
     p = sst_file(tmp_path, rows)
-    raises(p, line=6, match="sentence is empty")  # header 1, record a 2-4, b 5, c 6
-    ds = D.load_split(p, "sst", skip_bad_rows=True)
-    assert ds["line"][:] == [2, 5]
-    assert ds["sentence1"][0] == "one\nline two\nline three"
+    raises(p, line=2, match="lines 2-4 were read as one row")  # header 1, record a 2-4, b 5, c 6
+    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert ds["line"][:] == [5] and ds["id"][:] == ["b"]
+    assert [line for line, _ in skipped] == [2, 3, 4, 6]
     p = tmp_path / "blank.csv"  # blank lines are skipped, as csv.DictReader does
     p.write_text("\tid\tsentence\tsentiment\n\n0\ta\tfine\t1\n\n1\tb\t\t1\n", encoding="utf-8")
     raises(p, line=5, match="sentence is empty")
+
+
+@pytest.mark.parametrize("opened_at", [3, 20])
+def test_an_unbalanced_quote_names_every_row_it_swallows(tmp_path, caplog, opened_at):
+    """A quote opened in one row and closed rows later (or never) merges those rows into one
+    sentence: each swallowed line is named and counted, never loaded as a sentence."""
+    n = 25
+    lines = ["\tid\tsentence\tsentiment"]
+    for i in range(n):
+        text = f"sentence {i}" if i != opened_at - 2 else f'"sentence {i} with an open quote'
+        if i == opened_at + 1 and opened_at == 3:
+            text = f'sentence {i} closes it"'  # closed three rows later
+        lines.append(f"{i}\tid{i}\t{text}\t{i % 5}")
+    p = tmp_path / "quotes.csv"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raises(p, line=opened_at, match="were read as one row")
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    last = opened_at + 3 if opened_at == 3 else n + 1
+    merged = list(range(opened_at, last + 1))
+    assert [line for line, _ in skipped] == merged
+    assert len(ds) == n - len(merged)
+    assert not any("\n" in s or "\t" in s for s in ds["sentence1"][:])
+    assert f"skipped {len(merged)} bad rows" in caplog.text
+
+
+def test_duplicate_ids_are_bad_rows(tmp_path):
+    p = sst_file(tmp_path, [("a", "one", "1"), ("b", "two", "2"), ("a", "three", "3")])
+    raises(p, line=4, match="duplicate id 'a' (first on line 2)")
+    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert ds["id"][:] == ["a", "b"] and [line for line, _ in skipped] == [4]
+
+
+def test_sentences_empty_once_normalised_are_bad_rows(tmp_path, tokenizer, caplog):
+    # Zero-width and control characters survive str.strip() but BERT's normaliser deletes them.
+    rows = [("a", "a fine film", "1"), ("b", "\u200b\u200b", "2"), ("c", "\x07", "3"),
+            ("d", "dull", "0")]
+    p = sst_file(tmp_path, rows)
+    assert tokenizer.encode_ids(["\u200b\u200b", "\x07"], 16)[0].tolist() == [
+        tokenizer.cls_id, tokenizer.sep_id]
+    with pytest.raises(D.DataError, match=r"line 3: a sentence is empty once normalised"):
+        D.load_task(p, "sst", "train", tokenizer, max_length=16, cache_dir=False)
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        data = D.load_task(p, "sst", "train", tokenizer, max_length=16, cache_dir=False,
+                           skip_bad_rows=True)
+    assert data.example_ids == ["a", "d"] and data.labels.tolist() == [1, 0]
+    assert "skipped 2 rows whose sentence is empty once normalised (lines 3, 4)" in caplog.text
 
 
 def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
@@ -217,11 +273,11 @@ _LABELS = st.one_of(
 
 
 def _expected_label(task, value):
-    """The label the loader must give, or None when it must reject it."""
-    try:
-        x = float(value)
-    except ValueError:
+    """The label the loader must give, or None when it must reject it: a plain decimal number
+    (ASCII digits, optional sign and fraction, spaces around) in the task's range."""
+    if not re.fullmatch(r"[+-]?[0-9]+(\.[0-9]+)?", value.strip(" ")):
         return None
+    x = float(value)
     if not math.isfinite(x):
         return None
     if task == "sst":
@@ -241,11 +297,15 @@ def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
     for ex_id, s1, s2, label in rows:
         row = (ex_id, s1) + ((s2,) if pair else ()) + ((label,) if labeled else ())
         written.append(row)
-    expected = []
-    for line_offset, (ex_id, s1, s2, label) in enumerate(rows):
+    expected, accepted_ids = [], set()
+    for row, (ex_id, s1, s2, label) in zip(written, rows):
         sents = [s1.lower().strip()] + ([s2.lower().strip()] if pair else [])
         lab = _expected_label(task, label) if labeled else 0
-        ok = ex_id.strip() != "" and all(sents) and lab is not None
+        merged = any(ch in field for field in row for ch in "\t\r\n")
+        ok = (not merged and ex_id.strip() != "" and all(sents) and lab is not None
+              and ex_id.strip() not in accepted_ids)
+        if ok:
+            accepted_ids.add(ex_id.strip())
         expected.append((ok, ex_id.strip(), sents, lab))
     with tempfile.TemporaryDirectory() as tmp:
         path = write_tsv(Path(tmp) / "random.csv", header, written)
@@ -281,3 +341,42 @@ def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
                     break
                 starts.append(start)
             assert got["line"] == [s for s, e in zip(starts, expected) if e[0]]
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    p = sst_file(tmp_path, good_sst())
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == p:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    raises(p, match="cannot read the file (Permission denied)", hint="chmod")
+
+
+def test_unusable_token_cache_falls_back_or_is_rebuilt(tmp_path, tokenizer, caplog,
+                                                       monkeypatch):
+    p = sst_file(tmp_path, good_sst(6))
+    ds = D.load_split(p, "sst")
+    want = D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=False), "sst").ids1
+    # BERT_JAX_CACHE pointing at a file: tokenize in memory, saying so
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BERT_JAX_CACHE", str(blocker))
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        got = D.task_data(D.tokenize_split(ds, tokenizer, 16), "sst").ids1
+    assert "cannot write the token cache there" in caplog.text and "BERT_JAX_CACHE" in caplog.text
+    assert [a.tolist() for a in got] == [a.tolist() for a in want]
+    # a damaged cache file: named, rebuilt, same ids
+    cache = tmp_path / "cache"
+    D.tokenize_split(ds, tokenizer, 16, cache_dir=cache)
+    (arrow,) = cache.glob("tokens-*.arrow")
+    arrow.write_bytes(b"\x00not arrow at all")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        got = D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=cache), "sst").ids1
+    assert f"{arrow}: the token cache is damaged" in caplog.text
+    assert [a.tolist() for a in got] == [a.tolist() for a in want]
+    assert D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=cache), "sst").ids1[0].tolist() \
+        == want[0].tolist()  # the rebuilt file loads

@@ -62,3 +62,87 @@ def test_restore_without_target_and_best_manager(tmp_path):
     assert jax.tree.structure(restored) == jax.tree.structure(jax.device_get(state(1)))
     with pytest.raises(CheckpointError, match="no checkpoint there"):
         RunCheckpoints(tmp_path / "empty").restore(None)
+
+
+def tree_snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns if p.is_file() else 0)
+                  for p in folder.rglob("*"))
+
+
+def test_readers_never_write_and_leave_in_flight_saves_alone(tmp_path):
+    ckpts = RunCheckpoints(tmp_path)
+    ckpts.save(5, state(5), {"step": 5})
+    ckpts.close()
+    # A training saving step 6 right now: orbax's temporary folder, still being written.
+    in_flight = tmp_path / "last" / "6.orbax-checkpoint-tmp-1234"
+    (in_flight / "state").mkdir(parents=True)
+    (in_flight / "state" / "half_written").write_bytes(b"\x01" * 10)
+    before = tree_snapshot(tmp_path)
+    reader = RunCheckpoints(tmp_path, read_only=True)
+    restored, _, step = reader.restore(None)
+    assert step == 5 and reader.latest_step("best") is None
+    reader.close()
+    assert tree_snapshot(tmp_path) == before  # nothing deleted, created or touched
+    with pytest.raises(CheckpointError, match="read-only"):
+        reader.save(7, state(7), {})
+
+
+def test_a_save_replaces_a_damaged_checkpoint_at_the_same_step(tmp_path):
+    ckpts = RunCheckpoints(tmp_path, keep_last=3)
+    for step in (1, 2):
+        ckpts.save(step, state(step), {"step": step})
+    corrupt(tmp_path / "last" / "2")
+    again = RunCheckpoints(tmp_path, keep_last=3)
+    _, _, step = again.restore(state(0))
+    assert step == 1  # fell back past the damaged one
+    again.save(2, state(22), {"step": 2})  # a resumed run reaches step 2 again
+    restored, meta, step = RunCheckpoints(tmp_path, keep_last=3).restore(state(0))
+    assert step == 2 and float(restored["params"]["w"][0, 0]) == 22.0
+
+
+def test_a_failed_write_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+    ckpts = RunCheckpoints(tmp_path)
+    ckpts.save(1, state(1), {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ckpts.last, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"last: could not write the checkpoint of step 2 "
+                                              r"\(No space left on device\)"):
+        ckpts.save(2, state(2), {"step": 2})
+    monkeypatch.undo()
+    assert RunCheckpoints(tmp_path).restore(state(0))[2] == 1  # the previous one is intact
+
+
+def test_one_training_per_run_folder(tmp_path):
+    import subprocess
+    import sys
+    from bert_jax.checkpoints import run_lock
+    with run_lock(tmp_path):
+        with pytest.raises(CheckpointError, match="another training is writing this run folder"):
+            with run_lock(tmp_path):
+                pass
+        # another process is refused too
+        code = ("import sys; from bert_jax.checkpoints import run_lock, CheckpointError\n"
+                "try:\n    run_lock(sys.argv[1]).__enter__()\nexcept CheckpointError:\n"
+                "    sys.exit(7)\n")
+        assert subprocess.run([sys.executable, "-c", code, str(tmp_path)],
+                              timeout=120).returncode == 7
+    with run_lock(tmp_path):  # released on exit
+        pass
+
+
+def test_load_run_names_what_is_damaged(tiny_run, tmp_path):
+    import shutil
+    from bert_jax.checkpoints import load_run
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    corrupt(run / "best")
+    with pytest.raises(CheckpointError, match=r"(?s)no intact checkpoint in .*best.*"
+                                              r"last/ checkpoint \(step \d+\) may be intact"):
+        load_run(run, "best")
+    assert load_run(run, "last").meta["step"] > 0
+    (run / "train_config.json").write_text('{"pooling": "mean", ')  # cut short
+    with pytest.raises(CheckpointError, match=r"train_config.json: not valid JSON"):
+        load_run(run, "last")

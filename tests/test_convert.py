@@ -297,3 +297,38 @@ def test_default_corrupt_cache_is_rebuilt(tmp_path, default_model, bert_jax_cach
     jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
     assert json.loads((damaged / "conversion.json").read_text())["params_crc32"] != "00000000"
     convert.load_converted(damaged)  # rebuilt and intact
+
+
+def test_overwrite_never_deletes_the_source_or_the_working_folder(tmp_path, tiny_torch,
+                                                                   monkeypatch, capsys):
+    src = write_hf_folder(tiny_torch, tmp_path / "hf")
+    before = sorted(p.name for p in src.iterdir())
+    monkeypatch.chdir(tmp_path)
+    for out, why in ((src, "is or holds the source"), (tmp_path, "current folder"),
+                     (Path("."), "current folder"), (src / "converted", "inside the source"),
+                     (tmp_path / "hf" / "..", "current folder")):
+        assert convert.main([str(src), str(out), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, (out, err)
+    assert sorted(p.name for p in src.iterdir()) == before and (tmp_path / "hf").is_dir()
+    # A folder that is not an earlier conversion is never replaced; an earlier one is.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert convert.main([str(src), str(other), "--overwrite"]) == 1
+    assert "not a converted model folder" in capsys.readouterr().err
+    assert (other / "keep.txt").read_text() == "mine"
+    assert convert.main([str(src), "converted"]) == 0
+    assert convert.main([str(src), "converted", "--overwrite"]) == 0
+    assert (tmp_path / "converted" / "conversion.json").is_file()
+
+
+def test_default_with_an_unwritable_cache_still_loads(tmp_path, default_model):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    with pytest.warns(UserWarning, match="could not cache the converted model"):
+        config, params = load_pretrained("all-MiniLM-L6-v2", cache_dir=blocker)
+    assert config == default_model[0]
+    np.testing.assert_array_equal(
+        np.asarray(params["embeddings"]["word_embeddings"]["embedding"]),
+        np.asarray(default_model[1]["embeddings"]["word_embeddings"]["embedding"]))

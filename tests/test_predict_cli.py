@@ -154,3 +154,40 @@ def test_pretrained_name_warns_about_untrained_heads(tmp_path, capsys):
     assert float(rows(out)[1][1]) > 3.5
     code, out, err = run(["all-MiniLM-L6-v2", "--task", "para", "--input", path], capsys)
     assert code == 0 and "untrained para head" in err
+
+
+def test_output_equal_to_input_is_refused_and_the_input_kept(tiny_run, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("good\nbad\n")
+    for output in (src, tmp_path / "." / "in.txt"):
+        code, out, err = run([tiny_run, "--task", "sst", "--input", src, "--output", output],
+                             capsys)
+        assert code == 2 and "is the input file" in err
+    assert src.read_text() == "good\nbad\n"
+
+
+def test_unicode_line_separators_never_shift_ids(tiny_run, tmp_path, capsys, model):
+    """One prediction per input line: \\u2028, \\x85 and form feeds inside a line stay in it."""
+    lines = ["a fine\u2028film", "dull\x85and slow", "ok\x0cfine", "great"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, _ = run([tiny_run, "--task", "sst", "--input", src], capsys)
+    got = rows(out)[1:]
+    assert code == 0 and [r[0] for r in got] == ["1", "2", "3", "4"]
+    labels, _ = model.sentiment(lines)
+    assert [int(r[1]) for r in got] == labels.tolist()
+
+
+def test_stdin_that_is_not_utf8_is_one_clear_error(tiny_run):
+    cmd = [sys.executable, "-m", "bert_jax.predict", str(tiny_run), "--task", "sst",
+           "--input", "-"]
+    done = subprocess.run(cmd, input=b"caf\xe9 au lait\n", capture_output=True, cwd=ROOT,
+                          timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "stdin: not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_bad_numbers_refused_by_the_parser(tiny_run, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(tiny_run), "--task", "sst", "--input", "-", "--batch-size", "0"])
+    assert info.value.code == 2 and "--batch-size: 0 is not allowed" in capsys.readouterr().err

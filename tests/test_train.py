@@ -246,3 +246,183 @@ def test_auto_dtype_is_bfloat16_on_accelerators_only():
     assert cfg.replace(dtype="bfloat16").compute_dtype("cpu") == "bfloat16"
     with pytest.raises(ValueError, match="dtype must be"):
         cfg.replace(dtype="float16")
+
+
+# ------------------------------------------------------------------ faults that lost data
+
+def _write_sst(path: Path, rows) -> Path:
+    lines = ["\tid\tsentence\tsentiment"] + [f"{i}\tx{i}\t{s}\t{label}"
+                                             for i, (s, label) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _sst_only(tiny_init, tmp_path, data_dir, dev_rows, **changes):
+    """The baseline preset's shape (SST only, sequential) on a small SST train file of short
+    sentences and the given SST dev rows; para/STS dev from the real data."""
+    words = ["good", "bad", "fine", "dull", "great", "awful", "ok", "meh"]
+    train = _write_sst(tmp_path / "sst-train.csv",
+                       [(f"a {w} film", i % 5) for i, w in enumerate(words * 2)])
+    dev = _write_sst(tmp_path / "sst-dev.csv", dev_rows)
+    files = {**data_files(str(data_dir)), ("sst", "train"): train, ("sst", "dev"): dev}
+    cfg = tiny_config(tiny_init, tasks=("sst",), mode="sequential", pooling="cls",
+                      para_head="diff", sts_head="linear", limit_train=0, **changes)
+    return cfg, files
+
+
+def test_dev_sentences_longer_than_every_training_sentence_are_evaluated(
+        tiny_init, data_dir, tmp_path):
+    long = " ".join(["a", "very", "long", "dev", "sentence"] * 8)  # 40 words > max_length 32
+    cfg, files = _sst_only(tiny_init, tmp_path, data_dir, [("short one", 1), (long, 3)] * 4,
+                           epochs=1)
+    summary = train_and_evaluate(cfg, tmp_path / "run", files, progress=False)
+    assert 0.0 <= summary["sst_acc"] <= 1.0
+    assert max(summary["eval_buckets"]["sst"]) == 32  # planned from the dev lengths
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["step"] == 2
+
+
+def test_a_failed_evaluation_keeps_the_trained_steps_and_resume_evaluates_them(
+        tiny_init, data_dir, tmp_path, monkeypatch):
+    from train import evaluate as eval_lib
+    files = data_files(str(data_dir))
+    cfg = tiny_config(tiny_init)  # 10 steps per epoch, 2 epochs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+    monkeypatch.setattr(eval_lib.Evaluator, "scores", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train_and_evaluate(cfg, tmp_path / "run", files, progress=False, save_every=0)
+    assert RunCheckpoints(tmp_path / "run").latest_step() == 10  # the epoch's steps are saved
+    monkeypatch.undo()
+    train_and_evaluate(cfg, tmp_path / "run", files, progress=False, save_every=0, resume=True)
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics] == [10, 20]  # epoch 1 evaluated on resume, once
+    train_and_evaluate(cfg, tmp_path / "full", files, progress=False, save_every=0)
+    assert_same_params(last_params(tmp_path / "full"), last_params(tmp_path / "run"))
+
+
+def test_resume_replaces_a_damaged_checkpoint_and_logs_each_step_once(tiny_init, data_dir,
+                                                                       tmp_path):
+    files = data_files(str(data_dir))
+    cfg = tiny_config(tiny_init, max_steps=7)
+    out = tmp_path / "run"
+    train_and_evaluate(cfg, out, files, progress=False, save_every=3)
+    good = last_params(out)
+    for path in (out / "last" / "7").rglob("*"):  # step 7 damaged on disk
+        if path.is_file():
+            path.write_bytes(b"\x00garbage")
+    train_and_evaluate(cfg, out, files, progress=False, save_every=3, resume=True)
+    assert_same_params(good, last_params(out))  # step 7 trained again and saved over the damage
+    assert load_run(out, "last").meta["step"] == 7
+    for name in ("metrics.jsonl", "train_log.jsonl"):
+        steps = [json.loads(l)["step"] for l in (out / name).open()]
+        assert steps == sorted(set(steps)), (name, steps)
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").open()] == [7]
+
+
+def test_resume_without_a_checkpoint_is_refused_and_a_fresh_start_drops_stale_logs(
+        tiny_init, data_dir, tmp_path):
+    files = data_files(str(data_dir))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 10, "overall": 0.9}\n')  # a run killed early
+    with pytest.raises(TrainingError, match="holds no checkpoint to continue from"):
+        train_and_evaluate(tiny_config(tiny_init, max_steps=2), out, files, progress=False,
+                           resume=True)
+    train_and_evaluate(tiny_config(tiny_init, max_steps=2), out, files, progress=False)
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").open()] == [2]
+
+
+def test_a_second_training_on_the_same_folder_is_refused(tiny_init, data_dir, tmp_path):
+    from bert_jax.checkpoints import CheckpointError, run_lock
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(CheckpointError, match="another training is writing"):
+            train_and_evaluate(tiny_config(tiny_init, max_steps=2), tmp_path / "run",
+                               data_files(str(data_dir)), progress=False)
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_configurations_that_cannot_work_are_refused_at_start(tiny_init, data_dir, tmp_path):
+    import shutil
+    files = data_files(str(data_dir))
+    with pytest.raises(TrainingError, match=r"--max-length 256 .* max_position_embeddings \(128"):
+        train_and_evaluate(tiny_config(tiny_init, max_length=256), tmp_path / "a", files,
+                           progress=False)
+    bad = tmp_path / "bad-model"
+    shutil.copytree(tiny_init, bad)
+    config = json.loads((bad / "config.json").read_text())
+    for heads, match in ((3, "not divisible by num_attention_heads 3"),
+                         (0, "num_attention_heads must be a whole number of at least 1")):
+        (bad / "config.json").write_text(json.dumps({**config, "num_attention_heads": heads}))
+        with pytest.raises(TrainingError, match=match):
+            train_and_evaluate(tiny_config(tiny_init, init=str(bad)), tmp_path / "b", files,
+                               progress=False)
+
+
+def test_single_class_training_labels_are_refused(tiny_init, data_dir, tmp_path):
+    cfg, files = _sst_only(tiny_init, tmp_path, data_dir, [("fine", 1)] * 4)
+    _write_sst(files["sst", "train"], [(f"film {i}", 2) for i in range(16)])
+    with pytest.raises(TrainingError, match="every sst training label is 2"):
+        train_and_evaluate(cfg, tmp_path / "run", files, progress=False)
+
+
+def test_a_diverging_loss_is_reported_while_still_finite(caplog):
+    from train.multitask import LossWatch
+    watch = LossWatch()
+    with caplog.at_level("WARNING", logger="train.multitask"):
+        for step, loss in ((10, 2.0), (20, 1.5), (30, 150.0), (40, 900.0), (50, 1e5)):
+            watch.check(step, loss)
+    warnings = [r.message for r in caplog.records if "diverging" in r.message]
+    assert len(warnings) == 1
+    assert "from 2 at step 10 to 900 at step 40" in warnings[0]
+
+
+def test_cli_refuses_bad_numbers_before_any_work(capsys):
+    for flag, value in (("--batch-size", "-1"), ("--eval-batch-size", "0"),
+                        ("--limit-train", "-5"), ("--lr", "0"), ("--max-length", "x")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag, value, "--data-dir", "/nonexistent"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}:" in err and "Traceback" not in err
+
+
+def test_cli_turns_interrupts_and_disk_errors_into_one_line(monkeypatch, capsys, tmp_path):
+    import train.multitask as tm
+    from bert_jax.checkpoints import CheckpointError
+    for raised, code, text in ((KeyboardInterrupt(), 130, "stopped at once"),
+                               (CheckpointError("run/last: could not write the checkpoint"), 2,
+                                "error: run/last: could not write")):
+        def fail(*args, _raised=raised, **kwargs):
+            raise _raised
+        monkeypatch.setattr(tm, "train_and_evaluate", fail)
+        assert main(["--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert text in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_cli_prints_progress_lines(tiny_init, data_dir, tmp_path):
+    """INFO lines reach the user (orbax's import configures logging before ours)."""
+    args = _tiny_cli_args(tiny_init, data_dir, tmp_path / "run", 2)
+    first = _cli(args)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output
+    assert "train.multitask: train steps:" in output
+    proc = _cli(args[:-10] + ["--epochs", "1", "--max-steps", "4", "--save-every", "3",
+                              "--lr", "1e-3", "--log-every", "5", "--resume"])
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    assert "resumed from" in output and "at step 2" in output
+
+
+def test_the_first_interrupt_is_acknowledged_and_a_second_stops_at_once(capsys):
+    from train.multitask import _StopSignal
+    with pytest.raises(KeyboardInterrupt):
+        with _StopSignal() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop.signum == signal.SIGINT
+            assert "SIGINT received: finishing this step, saving a checkpoint" in \
+                capsys.readouterr().err
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 
+from bert_jax.cli import nonnegative_int, output_dir, positive_float
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.multitask import data_files, train_and_evaluate
 
@@ -72,12 +73,12 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default="runs/ablation", help="root folder of the runs")
+    parser.add_argument("--out", default="runs/ablation", type=output_dir, help="root folder of the runs")
     parser.add_argument("--presets", default=",".join(ORDER), help="comma-separated presets")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--limit-train", type=int, default=0, help="first N train rows per task")
-    parser.add_argument("--limit-eval", type=int, default=0, help="first N dev rows per task")
-    parser.add_argument("--epoch-scale", type=float, default=1.0,
+    parser.add_argument("--limit-train", type=nonnegative_int, default=0, help="first N train rows per task")
+    parser.add_argument("--limit-eval", type=nonnegative_int, default=0, help="first N dev rows per task")
+    parser.add_argument("--epoch-scale", type=positive_float, default=1.0,
                         help="multiply each preset's epochs (at least 1)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -17,6 +17,7 @@ import numpy as np
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
+from bert_jax.cli import nonnegative_int, output_file, positive_int
 
 TASK_TITLES = {"sst": "SST-5 sentiment", "para": "Quora paraphrase", "sts": "STS similarity"}
 
@@ -142,12 +143,12 @@ def main(argv=None) -> int:
                         help="checkpoint of the run (default best)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the CS224N files (default data/, else ../shared/data)")
-    parser.add_argument("--top", type=int, default=10, help="examples per list (default 10)")
+    parser.add_argument("--top", type=positive_int, default=10, help="examples per list (default 10)")
     parser.add_argument("--tasks", default="sst,para,sts",
                         help="comma-separated tasks (default sst,para,sts)")
-    parser.add_argument("--limit", type=int, default=0,
+    parser.add_argument("--limit", type=nonnegative_int, default=0,
                         help="first N dev examples per task (default 0: all)")
-    parser.add_argument("--out", default=None, help="report file (default CKPT/analysis.md)")
+    parser.add_argument("--out", default=None, type=output_file, help="report file (default CKPT/analysis.md)")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in data_lib.TASKS]

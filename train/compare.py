@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_jax.cli import positive_int
+
 SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
 
 
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
-    parser.add_argument("--epoch", type=int, default=None,
+    parser.add_argument("--epoch", type=positive_int, default=None,
                         help="score every run at this epoch (default: each run's best epoch "
                              "by overall dev score)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
+from bert_jax.cli import nonnegative_int, output_dir, positive_int
 from bert_jax.checkpoints import CheckpointError, load_run
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
@@ -42,18 +43,33 @@ def resource_hint(err: BaseException) -> str | None:
 
 
 class Evaluator:
-    """Batched dev/test prediction for a `MultitaskBert` over a mesh (batch split on "data")."""
+    """Batched dev/test prediction for a `MultitaskBert` over a mesh (batch split on "data").
 
-    def __init__(self, model: MultitaskBert, mesh, buckets: tuple[int, ...], batch_size: int = 64):
+    Plans its own padded lengths from the lengths of each split it is given (at most
+    `num_buckets` per split, the last covering the split's longest example), so a dev or test
+    sentence longer than every training sentence still has a shape. The plan depends only on
+    the lengths, so evaluating the same split again compiles nothing new; `planned` holds the
+    last plan of each task (for run summaries).
+    """
+
+    def __init__(self, model: MultitaskBert, mesh, batch_size: int = 64, num_buckets: int = 4):
         self.predict = make_predict_step(model)
         self.sharding = NamedSharding(mesh, P(DATA_AXIS))
-        self.buckets, self.batch_size = buckets, batch_size
+        self.batch_size, self.num_buckets = batch_size, num_buckets
+        self.planned: dict[str, tuple[int, ...]] = {}
+
+    def buckets_for(self, data: data_lib.TaskData) -> tuple[int, ...]:
+        """At most `num_buckets` padded lengths (multiples of 8) covering every example of `data`."""
+        top = -(-int(data.lengths.max()) // 8) * 8
+        self.planned[data.task] = data_lib.choose_buckets(data.lengths, top, self.num_buckets)
+        return self.planned[data.task]
 
     def outputs(self, params, data: data_lib.TaskData, task: str, progress: bool = False):
         bar = tqdm(total=len(data), desc=f"eval {task}", leave=False, disable=not progress,
                    unit="ex")
         try:
-            return predict_task(self.predict, params, data, task, self.batch_size, self.buckets,
+            return predict_task(self.predict, params, data, task, self.batch_size,
+                                self.buckets_for(data),
                                 place=lambda b: jax.device_put(b, self.sharding), progress=bar)
         finally:
             bar.close()
@@ -109,9 +125,7 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
                 splits[task, split] = data_lib.load_task(
                     base / name, task, split, tokenizer, max_length=max_length,
                     limit=limit or None, skip_bad_rows=True)
-    lengths = np.concatenate([d.lengths for d in splits.values()])
-    buckets = data_lib.choose_buckets(lengths, max_length, num_buckets=4)
-    evaluator = Evaluator(model, make_mesh(), buckets, batch_size)
+    evaluator = Evaluator(model, make_mesh(), batch_size)
     dev_outputs, dev_predictions = {}, {}
     for (task, split), data in splits.items():
         outputs = evaluator.outputs(run.params, data, task, progress)
@@ -133,15 +147,16 @@ def main(argv=None) -> int:
         prog="python -m train.evaluate", description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run_dir", help="a run folder written by `python -m train.multitask`")
-    parser.add_argument("--out", default=None, help="folder for prediction files "
+    parser.add_argument("--out", default=None, type=output_dir, help="folder for prediction files "
                         "(default RUN_DIR/predictions)")
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="which checkpoint of the run")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the CS224N files (default data/, else ../shared/data)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, default=0, help="first N examples per file (0: all)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="dev/test examples per forward pass")
+    parser.add_argument("--limit", type=nonnegative_int, default=0, help="first N examples per file (0: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         scores = evaluate_run(args.run_dir, args.out or Path(args.run_dir) / "predictions",

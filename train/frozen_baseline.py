@@ -21,6 +21,7 @@ import optax
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
+from bert_jax.cli import nonnegative_int, output_file, positive_int
 from bert_jax.data import TaskData
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
@@ -106,9 +107,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--init", default="all-MiniLM-L6-v2")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--limit-train", type=int, default=0)
-    parser.add_argument("--out", default=None, help="also write the scores as JSON here")
+    parser.add_argument("--max-length", type=positive_int, default=128,
+                        help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument("--limit-train", type=nonnegative_int, default=0,
+                        help="fit the heads on the first N training rows per task (0: all)")
+    parser.add_argument("--out", default=None, type=output_file, help="also write the scores as JSON here")
     args = parser.parse_args(argv)
     start = time.time()
     try:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from bert_jax import packing
+from bert_jax.errors import ConfigError
 from bert_jax.data import (TaskData, batch_labels, bucket_length, choose_buckets, epoch_order,
                            make_batch)
 from bert_jax.heads import TASK_SENTENCES
@@ -86,7 +87,7 @@ def steps_per_epoch(train: dict[str, TaskData], cfg: TrainConfig) -> int:
     counts = batches_per_task(train, cfg)
     if min(counts.values()) == 0:
         small = [t for t, n in counts.items() if n == 0]
-        raise ValueError(f"tasks {small} have fewer examples than one batch of {cfg.batch_size}")
+        raise ConfigError(f"tasks {small} have fewer examples than one batch of {cfg.batch_size}")
     if cfg.mode == "sequential":
         return sum(counts.values())
     return max(counts.values()) if cfg.epoch_steps == "max" else min(counts.values())

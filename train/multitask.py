@@ -9,6 +9,7 @@ Everything here is a function a notebook can call: `train_and_evaluate(cfg, out_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,13 +25,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
+from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from bert_jax.errors import BertJaxError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained, resolve_model_dir
 from bert_jax.tokenizer import Tokenizer
 from train import evaluate as eval_lib
-from bert_jax.checkpoints import CheckpointError, RunCheckpoints
+from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run_lock
 from train.config import PRESET_NOTES, PRESETS, TASKS, TrainConfig
+from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
 from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
                         make_train_step, shard_batch)
@@ -41,7 +45,7 @@ log = logging.getLogger("train.multitask")
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "limit_eval", "eval_batch_size"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(BertJaxError, RuntimeError):
     """A run stopped for a reason the user must act on (message says what to do)."""
 
 
@@ -59,7 +63,6 @@ class RunData:
     tokenizer: Tokenizer
     train: dict[str, data_lib.TaskData]
     dev: dict[str, data_lib.TaskData]
-    buckets: tuple[int, ...]
 
 
 def data_files(data_dir: str | None, overrides: dict[tuple[str, str], str] | None = None
@@ -84,12 +87,9 @@ def load_run_data(cfg: TrainConfig, files: dict[tuple[str, str], Path]) -> RunDa
         files[task, split], task, split, tokenizer, max_length=cfg.max_length,
         limit=limit or None, skip_bad_rows=cfg.skip_bad_rows)
     train = {t: load(t, "train", cfg.limit_train) for t in cfg.tasks}
+    train = add_phrases(train, cfg, tokenizer)
     dev = {t: load(t, "dev", cfg.limit_eval) for t in TASKS}
-    lengths = np.concatenate([d.lengths for d in train.values()])
-    buckets = data_lib.choose_buckets(lengths, cfg.max_length, num_buckets=cfg.num_buckets)
-    log.info("buckets %s: padding waste %.1f%% of training positions", buckets,
-             100 * data_lib.padding_waste(lengths, buckets))
-    return RunData(tokenizer, train, dev, buckets)
+    return RunData(tokenizer, train, dev)
 
 
 def _write_json_line(path: Path, record: dict) -> None:
@@ -98,7 +98,11 @@ def _write_json_line(path: Path, record: dict) -> None:
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (save, then exit)."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (save, then exit).
+
+    The first signal is acknowledged at once on stderr; a second one stops at once
+    (KeyboardInterrupt), leaving the checkpoints already written.
+    """
 
     def __init__(self):
         self.signum = None
@@ -116,6 +120,9 @@ class _StopSignal:
         if self.signum is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, saving a "
+              "checkpoint, then stopping (send it again to stop at once without saving)",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -126,7 +133,12 @@ def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
     saved_path = run_dir / "train_config.json"
     if not saved_path.exists():
         return
-    saved = TrainConfig.from_json(saved_path).to_dict()
+    try:
+        saved = TrainConfig.from_dict(read_json(saved_path)).to_dict()
+    except (TypeError, ValueError) as err:
+        raise TrainingError(f"{saved_path}: not a training configuration this version can read "
+                            f"({err}). Restore the file, or start a new run in another --out"
+                            ) from None
     now = cfg.to_dict()
     changed = {k: (saved[k], now[k]) for k in now
                if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES}
@@ -168,21 +180,85 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                        files: dict[tuple[str, str], Path] | None = None, *,
                        data_dir: str | None = None, resume: bool = False, save_every: int = 500,
                        progress: bool = True, run_data: RunData | None = None) -> dict:
-    """Train `cfg` into `out_dir`; returns the final dev scores (and a few run facts)."""
+    """Train `cfg` into `out_dir`; returns the final dev scores (and a few run facts).
+
+    One training at a time writes `out_dir` (a second one is refused: `run_lock`). `resume`
+    continues from the newest intact checkpoint in `out_dir/last` and refuses when there is none.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = files or data_files(data_dir)
+    # Every process of a multi-host run writes the same folder; the first one holds the lock.
+    lock = run_lock(out_dir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, out_dir, files or data_files(data_dir), resume=resume,
+                      save_every=save_every, progress=progress, run_data=run_data)
+
+
+def _load_encoder(cfg: TrainConfig, dtype: str):
+    """(BertConfig, encoder params) of `cfg.init`; a config that cannot work is refused here."""
+    try:
+        bert_config, encoder_params = load_pretrained(cfg.init, dtype=dtype)
+    except ValueError as err:  # BertConfig validation: names the field
+        raise TrainingError(f"--init {cfg.init}: {err}") from None
+    if cfg.max_length < 2:
+        raise TrainingError(f"--max-length {cfg.max_length}: a sentence needs at least 2 "
+                            "tokens ([CLS] and [SEP])")
+    if cfg.max_length > bert_config.max_position_embeddings:
+        raise TrainingError(
+            f"--max-length {cfg.max_length} is longer than the model's max_position_embeddings "
+            f"({bert_config.max_position_embeddings}, in the config.json of --init {cfg.init}): "
+            f"positions past it have no embedding. Pass --max-length "
+            f"{bert_config.max_position_embeddings} or less")
+    return bert_config.replace(attention_impl=cfg.attention_impl), encoder_params
+
+
+def _check_labels_vary(train: dict[str, data_lib.TaskData]) -> None:
+    """Refuse training data whose labels are all the same: a head learns nothing from it."""
+    for task, data in train.items():
+        if data.labels is not None and len(np.unique(data.labels)) < 2:
+            raise TrainingError(
+                f"{data.source or task}: every {task} training label is {data.labels[0]}: the "
+                "head cannot learn from a single class. Check the file (or --limit-train, which "
+                "keeps the first N rows)")
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: dropped below
+            continue
+    return records
+
+
+def _keep_log_until(path: Path, step: int) -> list[dict]:
+    """Rewrite a JSON-lines log keeping only records of steps <= `step` (a resumed run writes
+    the later ones again); returns the records kept."""
+    records = _read_log(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if path.exists() and len(kept) != len(path.read_text().splitlines()):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
+    return kept
+
+
+def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], *, resume: bool,
+           save_every: int, progress: bool, run_data: RunData | None) -> dict:
     if resume:
         _check_resume_config(out_dir, cfg)
     mesh = make_mesh()
     check_divisible(cfg.batch_size, mesh)
     check_divisible(cfg.eval_batch_size, mesh, "eval batch size")
 
-    run = run_data or load_run_data(cfg, files)
     dtype = cfg.compute_dtype(jax.default_backend())
-    bert_config, encoder_params = load_pretrained(cfg.init, dtype=dtype)
+    bert_config, encoder_params = _load_encoder(cfg, dtype)
+    run = run_data or load_run_data(cfg, files)
+    _check_labels_vary(run.train)
     log.info("computing in %s on %s", dtype, jax.default_backend())
-    bert_config = bert_config.replace(attention_impl=cfg.attention_impl)
     _check_model_shapes(out_dir, bert_config, run.tokenizer, cfg.init, resume)
     model = MultitaskBert(bert_config, cfg.head_config())
     params = init_multitask_params(bert_config, cfg.head_config(),
@@ -196,21 +272,29 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     del params, encoder_params
 
     ckpts = RunCheckpoints(out_dir)
+    metrics_path, train_log_path = out_dir / "metrics.jsonl", out_dir / "train_log.jsonl"
     best_overall, start_step = -np.inf, 0
-    if resume and ckpts.latest_step() is not None:
+    if resume:
+        if ckpts.latest_step() is None:
+            raise TrainingError(
+                f"{out_dir}: --resume, but {out_dir / 'last'} holds no checkpoint to continue "
+                "from. Start the run without --resume")
         state, meta, _ = ckpts.restore(state)
         start_step, best_overall = int(state.step), meta.get("best_overall", -np.inf)
         log.info("resumed from %s at step %d", out_dir / "last", start_step)
-    elif not resume and ckpts.latest_step() is not None:
+    elif ckpts.latest_step() is not None:
         raise TrainingError(f"{out_dir} already holds checkpoints: pass --resume to continue "
                             "that run, or choose another --out")
+    # Logs hold only the steps the checkpoint has (a fresh run: none of an earlier attempt's).
+    evaluations = _keep_log_until(metrics_path, start_step)
+    _keep_log_until(train_log_path, start_step)
+    best_overall = max([best_overall] + [r["overall"] for r in evaluations if "overall" in r])
     cfg.to_json(out_dir / "train_config.json")
     bert_config.to_json(out_dir / "config.json")
     shutil.copyfile(run.tokenizer.vocab_file, out_dir / "vocab.txt")
 
     train_step = make_train_step(model, tx, mesh)
-    evaluator = eval_lib.Evaluator(model, mesh, run.buckets, cfg.eval_batch_size)
-    metrics_path, train_log_path = out_dir / "metrics.jsonl", out_dir / "train_log.jsonl"
+    evaluator = eval_lib.Evaluator(model, mesh, cfg.eval_batch_size)
 
     def save(step, best=False, scores=None):
         meta = {"step": step, "epoch": step / per_epoch, "best_overall": float(best_overall),
@@ -218,6 +302,8 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
         ckpts.save(step, state, meta, best=best)
 
     def evaluate_and_save(step):
+        """Dev scores at `step` (whose state `last/` already holds); `best/` when they beat
+        every earlier evaluation."""
         nonlocal best_overall
         scores = evaluator.scores(state.params, run.dev, progress=progress)
         is_best = scores["overall"] > best_overall
@@ -226,16 +312,25 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                   "best": is_best, "time": time.time()}
         _write_json_line(metrics_path, record)
         log.info("dev at step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
-        save(step, best=is_best, scores=scores)
+        if is_best:
+            ckpts.save(step, state, {"step": step, "epoch": step / per_epoch,
+                                     "best_overall": float(best_overall), "scores": scores},
+                       best=True)
         return scores
 
     layout = plan_layout(run.train, cfg, total_steps, mesh.devices.size)
     log.info("train steps: %s (%d shapes)", layout.describe(), layout.num_shapes())
+    scores = None
+    if start_step and (start_step % per_epoch == 0 or start_step == total_steps) and not any(
+            r.get("step") == start_step for r in evaluations):
+        log.info("step %d ended an epoch whose evaluation did not finish: evaluating it now",
+                 start_step)
+        scores = evaluate_and_save(start_step)
     batches = iterate_steps(run.train, cfg, layout, start_step, total_steps, run.tokenizer.pad_id)
     prefetch = Prefetcher(batches, lambda arrays: shard_batch(arrays, mesh))
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
                dynamic_ncols=True, desc="train")
-    pending, scores, step = [], None, start_step
+    pending, step, watch = [], start_step, LossWatch()
     started = time.perf_counter()
     try:
         with _StopSignal() as stop:
@@ -246,14 +341,12 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                 bar.update(1)
                 at_epoch_end = step % per_epoch == 0 or step == total_steps
                 if len(pending) >= cfg.log_every or at_epoch_end or stop.signum:
-                    _flush(pending, cfg, bar, train_log_path)
-                if save_every and step % save_every == 0 and not at_epoch_end:
-                    save(step)
+                    _flush(pending, cfg, bar, train_log_path, watch)
+                if (save_every and step % save_every == 0) or at_epoch_end or stop.signum:
+                    save(step)  # before evaluating: a failed evaluation loses no step
                 if at_epoch_end:
                     scores = evaluate_and_save(step)
                 if stop.signum:
-                    if not at_epoch_end:
-                        save(step)
                     name = signal.Signals(stop.signum).name
                     raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved in "
                                       f"{out_dir / 'last'}. Continue with --resume", stop.signum)
@@ -266,13 +359,33 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     summary = {**(scores or {}), "steps": step, "seconds": round(elapsed, 1),
                "input_wait_fraction": round(prefetch.wait_seconds / max(elapsed, 1e-9), 4),
                "train_step_compiles": compiles, "train_layout": layout.describe(),
-               "train_shapes_planned": layout.num_shapes(), "eval_buckets": list(run.buckets)}
+               "train_shapes_planned": layout.num_shapes(), "eval_buckets": evaluator.planned}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_run_plots(out_dir)
     return summary
 
 
-def _flush(pending: list, cfg: TrainConfig, bar, path: Path) -> None:
+class LossWatch:
+    """Warns once when the logged loss grows by orders of magnitude over its first value (a
+    diverging run: too high a learning rate) even while it stays finite."""
+
+    def __init__(self, factor: float = 100.0):
+        self.factor, self.first, self.warned = factor, None, False
+
+    def check(self, step: int, loss: float) -> None:
+        if not np.isfinite(loss):
+            return
+        if self.first is None:
+            self.first = (step, loss)
+        elif not self.warned and loss > self.factor * max(self.first[1], 1e-3):
+            self.warned = True
+            log.warning("the loss grew from %.4g at step %d to %.4g at step %d: the run is "
+                        "diverging. Lower --lr or set --grad-clip", self.first[1], self.first[0],
+                        loss, step)
+
+
+def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch | None = None
+           ) -> None:
     """Pull the pending step metrics to the host (the only sync in the loop); log and check."""
     if not pending:
         return
@@ -289,6 +402,8 @@ def _flush(pending: list, cfg: TrainConfig, bar, path: Path) -> None:
     finite = [r for r in records if r["finite"] >= 1] or records
     mean = {k: float(np.mean([r[k] for r in finite if k in r]))
             for k in finite[-1] if k.startswith("loss")}
+    if watch is not None and "loss" in mean:
+        watch.check(pending[-1][0], mean["loss"])
     bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()})
     _write_json_line(path, {"step": pending[-1][0], **mean, "time": time.time()})
     pending.clear()
@@ -325,6 +440,29 @@ _HELP = {
     "num_buckets": "number of static shapes per row length (packed) or padded lengths (each "
                    "compiles once)",
     "group_by_length": "with --no-pack: batch examples of similar length together",
+    "sst_phrases": "extra SST training data: a file of labelled phrases in the format of "
+                   "ids-sst-train.csv (e.g. ../shared/data/sst-train-phrases.csv); '' (default, "
+                   "the report's data): none; dev and test never include phrases",
+    "sst_phrases_count": "phrases (a seeded sample) that join the SST sentences; -1: as many "
+                         "as make SST as large as the largest training task, so the epoch "
+                         "length stays that of the sentences-only run",
+    "sst_phrases_min_words": "sample only phrases of at least this many words (shorter ones "
+                             "are mostly neutral fragments)",
+    "sst_phrases_match_labels": "sample phrases in the label proportions of the SST training "
+                                "sentences (the class prior stays that of the sentences); "
+                                "--no-sst-phrases-match-labels: a uniform sample",
+}
+
+
+# Numeric fields checked by the parser, before any work ("--batch-size 0" is refused at once).
+_RANGES = {
+    **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "pack_length", "num_buckets",
+                     "log_every"), positive_int),
+    **dict.fromkeys(("max_steps", "limit_train", "limit_eval", "warmup_steps", "seed"),
+                    nonnegative_int),
+    **dict.fromkeys(("head_lr", "weight_decay", "grad_clip", "dropout", "b1", "b2", "eps"),
+                    nonnegative_float),
+    "lr": positive_float, "layer_lr_decay": positive_float, "max_length": positive_int,
 }
 
 
@@ -348,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         for split in ("train", "dev"):
             parser.add_argument(f"--{task}-{split}", default=None, metavar="FILE",
                                 help=f"{task} {split} file (overrides --data-dir)")
-    parser.add_argument("--save-every", type=int, default=500,
+    parser.add_argument("--save-every", type=nonnegative_int, default=500,
                         help="also checkpoint every N steps (0: only at epoch ends)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     group = parser.add_argument_group("training configuration (default: the preset's value)")
@@ -361,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(flag, type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
                                **kwargs)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            kind = _RANGES.get(field.name) or {"int": int, "float": float, "str": str}[str(field.type)]
             group.add_argument(flag, type=kind, **kwargs)
     return parser
 
@@ -375,23 +513,30 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # force=True: orbax/absl configure the root logger on import, which would silence ours.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS"):
-        jax.distributed.initialize()  # multi-host: one process per host, see README
+                        datefmt="%H:%M:%S", force=True)
     try:
         cfg = config_from_args(args)
+    except ValueError as err:  # TrainConfig's validation names the field
+        parser.error(str(err))
+    out = args.out or f"checkpoints/{args.preset}"
+    try:
+        if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS"):
+            jax.distributed.initialize()  # multi-host: one process per host, see README
         files = data_files(args.data_dir, {(t, s): getattr(args, f"{t}_{s}")
                                            for t in TASKS for s in ("train", "dev")})
-        out = args.out or f"checkpoints/{args.preset}"
         log.info("run %s: %s", out, json.dumps(cfg.to_dict()))
         summary = train_and_evaluate(cfg, out, files, resume=args.resume,
                                      save_every=args.save_every, progress=not args.no_progress)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 128 + err.signum
-    except (data_lib.DataError, TrainingError, CheckpointError, ValueError,
-            FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        print(f"\nstopped at once (second interrupt); the checkpoints already in {out} are "
+              "intact: continue with --resume", file=sys.stderr)
+        return 130
+    except (BertJaxError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bert_jax.errors import ConfigError
 from bert_jax.heads import MultitaskBert
 from train.config import TrainConfig
 
@@ -199,6 +200,6 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
     devices = mesh.devices.size
     if batch_size % devices:
-        raise ValueError(
+        raise ConfigError(
             f"the global {what} {batch_size} does not split evenly over {devices} devices: "
             f"use a multiple of {devices} (e.g. --batch-size {devices * max(1, batch_size // devices)})")
