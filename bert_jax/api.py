@@ -91,13 +91,21 @@ class MultitaskModel:
 
     @classmethod
     def load(cls, run_dir: str | Path, which: str = "best", **kwargs) -> "MultitaskModel":
-        """From a run folder of `python -m train.multitask` (`which`: "best" or "last").
+        """From a run folder of `python -m train.multitask` (`which`: "best" or "last"), or from
+        a `python -m bert_jax.export` folder of one (encoder and task heads; `which` unused).
 
         `max_length` defaults to the run's training `max_length`; other keyword arguments as
         `MultitaskModel(...)`. Raises `bert_jax.checkpoints.CheckpointError` for a folder that
-        is not a run.
+        is not a run, `bert_jax.export.ExportError` for an export without task heads.
         """
         from bert_jax.checkpoints import load_run
+        from bert_jax.export import is_export, load_export
+        if is_export(run_dir):
+            files = load_export(run_dir)
+            if files.max_length:
+                kwargs.setdefault("max_length", files.max_length)
+            return cls(files.bert_config, files.heads, files.params, Tokenizer(files.vocab_file),
+                       source=str(run_dir), **kwargs)
         run = load_run(run_dir, which)
         train_config = json.loads((run.run_dir / "train_config.json").read_text())
         kwargs.setdefault("max_length", int(train_config.get("max_length", 128)))

@@ -1,0 +1,506 @@
+"""Flax model -> PyTorch world: a `transformers` BertModel folder or a sentence-transformers model.
+
+    python -m bert_jax.export SRC OUT [--format hf|sentence-transformers] [--which best|last]
+
+SRC is a training run folder (`--out` of `python -m train.multitask`), a folder written by
+`python -m bert_jax.convert` (or a HuggingFace BERT folder), an earlier export, or the embedded
+default's name (`all-MiniLM-L6-v2`). OUT then holds:
+
+* `hf` (both formats): `config.json` (a standard HuggingFace BertConfig, without this project's
+  dtype/attention_impl fields), `model.safetensors` (a `BertModel` state dict in PyTorch's layout
+  and names: `bert_jax.convert`'s rename table run backwards), `vocab.txt`, `tokenizer.json` and
+  `tokenizer_config.json`, so `transformers.AutoModel.from_pretrained(OUT)` and
+  `AutoTokenizer.from_pretrained(OUT)` load it. No torch is needed to export.
+* `sentence-transformers`: the same plus `modules.json`, `sentence_bert_config.json`,
+  `config_sentence_transformers.json` and `1_Pooling/config.json`, in the classic layout of the
+  hub's sentence-transformers models (read since 2.x; tested with 6.2), so
+  `SentenceTransformer(OUT).encode(texts)` gives the model's own embeddings
+  (`MultitaskModel.embed`): mean pooling -> `pooling_mode_mean_tokens`;
+  the "cls" pooling of this project is BERT's pooler (dense + tanh over the [CLS] state), which
+  sentence-transformers' CLS pooling is not, so it is exported as CLS pooling followed by a
+  `2_Dense` module (the pooler's weights, Tanh). No Normalize module: these models do not
+  normalise their embeddings (the upstream all-MiniLM-L6-v2 does; cosine similarities are the
+  same either way). `max_seq_length` is the run's training `max_length` (else 128, as
+  `MultitaskModel`), or `--max-length`.
+* From a run (or an export of one), the task heads beside them: `heads.safetensors` (every head
+  Dense layer as PyTorch `nn.Linear` tensors, `sst_classifier.weight` [5, hidden] ...) and
+  `heads_config.json` (the `HeadConfig`, the training `max_length` and the heads' formulas).
+  `bert_jax.MultitaskModel.load(OUT)` reads such a folder back (`load_export`).
+* `export.json`: where it came from. `--overwrite` replaces only a folder holding one (an
+  earlier export) or an empty folder, and never SRC, a folder holding SRC or lying inside it, or
+  the current folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_jax.config import BertConfig
+
+FORMATS = ("hf", "sentence-transformers")
+DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
+# The fields of bert_jax's BertConfig that HuggingFace's BertConfig has too (the others, dtype,
+# param_dtype and attention_impl, are this project's own and stay out of the exported config).
+HF_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                    "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                    "layer_norm_eps", "pad_token_id")
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                  "cls_token": "[CLS]", "mask_token": "[MASK]"}
+HEADS_WEIGHTS, HEADS_CONFIG, EXPORT_INFO = "heads.safetensors", "heads_config.json", "export.json"
+_TANH = "torch.nn.modules.activation.Tanh"
+
+
+class ExportError(ValueError):
+    """A source or output folder the export cannot use; the message says which and why."""
+
+
+@dataclasses.dataclass
+class ModelFiles:
+    """A model ready to export (or loaded from an export).
+
+    `encoder`: the `BertModel` parameter tree (float32 numpy); `heads`/`head_params`: the
+    `HeadConfig` and the head parameter tree (`MultitaskBert` names without "bert"), None for a
+    pretrained encoder; `max_length`: the training max_length (None when unknown); `protect`:
+    the source paths an output must never replace; `info`: provenance for `export.json`.
+    """
+    bert_config: BertConfig
+    encoder: dict
+    vocab_file: Path
+    heads: Any = None
+    head_params: dict | None = None
+    max_length: int | None = None
+    protect: list = dataclasses.field(default_factory=list)
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def params(self) -> dict:
+        """The whole `MultitaskBert` tree (encoder under "bert" and the heads)."""
+        return {"bert": self.encoder, **(self.head_params or {})}
+
+
+def _numpy(tree) -> dict:
+    import jax
+    return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), tree)
+
+
+def _flatten(tree) -> dict[tuple[str, ...], Any]:
+    from flax import traverse_util
+    return traverse_util.flatten_dict(tree)
+
+
+# --------------------------------------------------------------------------------------------
+# Names: the converter's tables, run backwards.
+
+def encoder_state_dict(config: BertConfig, encoder: dict) -> dict[str, np.ndarray]:
+    """The `BertModel` parameter tree as a HuggingFace `BertModel` state dict (numpy float32,
+    PyTorch layout: Linear weights [out, in]), through `bert_jax.convert.rename_table`."""
+    from bert_jax import convert
+    flat = _flatten(encoder)
+    pooler = ("pooler", "dense", "kernel") in flat
+    table = convert.rename_table("huggingface", config, prefix="", pooler=pooler)
+    missing = sorted("/".join(p) for _, (p, _) in table.items() if p not in flat)
+    extra = sorted("/".join(p) for p in set(flat) - {p for p, _ in table.values()})
+    if missing or extra:
+        raise ExportError("the encoder parameters do not match its config.json: "
+                          + "; ".join(filter(None, [
+                              missing and "missing " + ", ".join(missing),
+                              extra and "unexpected " + ", ".join(extra)])))
+    return {key: np.ascontiguousarray(flat[path].T if transpose else flat[path], np.float32)
+            for key, (path, transpose) in table.items()}
+
+
+def _dense_leaves() -> dict[str, tuple[str, bool]]:
+    """Flax Dense leaf -> (torch Linear leaf, transpose): the converter's "dense" kind reversed."""
+    from bert_jax import convert
+    return {flax: (torch, transpose)
+            for torch, (flax, transpose) in convert._LEAVES["dense"].items()}
+
+
+def heads_state_dict(head_params: dict) -> dict[str, np.ndarray]:
+    """Head parameters ({"sst_classifier": {"kernel", "bias"}, ...}) as dotted PyTorch
+    `nn.Linear` names: "sst_classifier.weight" [out, in], "sst_classifier.bias" [out]."""
+    leaves, state = _dense_leaves(), {}
+    for path, value in _flatten(head_params).items():
+        module, leaf = ".".join(path[:-1]), path[-1]
+        if leaf not in leaves:
+            raise ExportError(f"head parameter {'/'.join(path)}: not a Dense layer's kernel/bias")
+        name, transpose = leaves[leaf]
+        state[f"{module}.{name}"] = np.ascontiguousarray(value.T if transpose else value,
+                                                         np.float32)
+    return state
+
+
+def heads_from_state_dict(state: dict[str, np.ndarray]) -> dict:
+    """The inverse of `heads_state_dict`."""
+    from flax import traverse_util
+    leaves = {torch: (flax, transpose) for flax, (torch, transpose) in _dense_leaves().items()}
+    flat = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf not in leaves or not module:
+            raise ExportError(f"{key}: not a head Linear layer's weight/bias")
+        name, transpose = leaves[leaf]
+        flat[tuple(module.split(".")) + (name,)] = np.ascontiguousarray(
+            value.T if transpose else value, np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def hf_config(config: BertConfig) -> dict[str, Any]:
+    """A standard HuggingFace `BertConfig` dict for `config`."""
+    return {"architectures": ["BertModel"], "model_type": "bert",
+            **{k: getattr(config, k) for k in HF_CONFIG_FIELDS},
+            "initializer_range": 0.02, "position_embedding_type": "absolute"}
+
+
+def head_formulas(heads) -> dict[str, str]:
+    """How each head turns sentence embeddings u, v into outputs (for heads_config.json)."""
+    embed = ("pooler_output of BertModel (dense + tanh over the [CLS] state)"
+             if heads.pooling == "cls" else
+             "mean of BertModel's last_hidden_state over the attention_mask")
+    para = ("para_classifier(u - v)" if heads.para_head == "diff" else
+            "para_classifier(relu(para_hidden(cat([|u - v|, u * v]))))")
+    sts = "5 * cos(u, v)" if heads.sts_head == "cosine" else "sts_regressor(u - v)"
+    return {"u, v": f"sentence embeddings: {embed}; single sentences, token_type_ids 0",
+            "sst": "sst_classifier(u): 5 logits (very negative .. very positive)",
+            "para": f"{para}: 1 logit (sigmoid > 0.5: paraphrase)",
+            "sts": f"{sts}: similarity on the 0..5 scale",
+            "layers": "every name.weight/name.bias pair is a torch.nn.Linear (y = x W^T + b); "
+                      "dropout only in training"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading sources.
+
+def is_export(folder: str | Path) -> bool:
+    """True for a folder written by this module (it holds `export.json`)."""
+    return (Path(folder) / EXPORT_INFO).is_file()
+
+
+def load_export(folder: str | Path) -> ModelFiles:
+    """An export folder back as `ModelFiles` (encoder through `bert_jax.convert`, heads from
+    heads.safetensors, checked against the HeadConfig's shapes). Raises ExportError for an
+    export without task heads (made from a pretrained encoder)."""
+    import jax
+    from safetensors.numpy import load_file
+    from bert_jax import convert
+    from bert_jax.heads import HeadConfig, init_multitask_params
+    folder = Path(folder)
+    if not (folder / HEADS_CONFIG).is_file() or not (folder / HEADS_WEIGHTS).is_file():
+        raise ExportError(f"{folder}: an export without task heads ({HEADS_CONFIG} and "
+                          f"{HEADS_WEIGHTS}); it was made from a pretrained encoder: load it with "
+                          "MultitaskModel.from_pretrained(folder) (fresh heads)")
+    values = json.loads((folder / HEADS_CONFIG).read_text())
+    heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
+                          if f.name in values})
+    config, encoder, _ = convert.convert_checkpoint(folder, verbose=False)
+    head_params = heads_from_state_dict(load_file(folder / HEADS_WEIGHTS))
+    want = jax.eval_shape(lambda: init_multitask_params(config, heads, jax.random.key(0)))
+    want = {p: tuple(v.shape) for p, v in _flatten(want).items() if p[0] != "bert"}
+    got = {p: tuple(v.shape) for p, v in _flatten(head_params).items()}
+    if want != got:
+        diffs = sorted("/".join(p) + f": expected {want.get(p)}, got {got.get(p)}"
+                       for p in set(want) | set(got) if want.get(p) != got.get(p))
+        raise ExportError(f"{folder / HEADS_WEIGHTS}: does not match {HEADS_CONFIG} ({heads}): "
+                          + "; ".join(diffs))
+    max_length = values.get("max_length")
+    return ModelFiles(config, encoder, folder / "vocab.txt", heads, head_params,
+                      int(max_length) if max_length else None, [folder],
+                      {"source": str(folder.resolve()), "source_kind": "export"})
+
+
+def load_source(src: str | Path, which: str = "best") -> ModelFiles:
+    """What `src` holds: a training run folder (checkpoint `which`), an export, a converted or
+    HuggingFace folder / state-dict file, or the embedded default by name."""
+    from bert_jax import pretrained
+    if pretrained.is_default_name(src):
+        folder = pretrained.embedded_model_dir()
+        config, encoder = pretrained.load_pretrained(src)
+        return ModelFiles(config, _numpy(encoder), folder / "vocab.txt", protect=[folder],
+                          info={"source": pretrained.DEFAULT_MODEL, "source_kind": "default"})
+    path = Path(src)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such file or folder. Pass a training run folder (--out of "
+            "train.multitask), a folder written by bert_jax.convert, or "
+            f"{pretrained.DEFAULT_MODEL!r}")
+    if path.is_dir() and (path / "train_config.json").is_file():
+        from bert_jax.checkpoints import load_run
+        run = load_run(path, which)
+        params = _numpy(run.params)
+        train_config = json.loads((path / "train_config.json").read_text())
+        heads = {k: v for k, v in params.items() if k != "bert"}
+        return ModelFiles(run.bert_config, params["bert"], run.vocab_file, run.heads, heads,
+                          int(train_config.get("max_length", DEFAULT_MAX_LENGTH)), [path],
+                          {"source": str(path.resolve()), "source_kind": "run",
+                           "checkpoint": which, "checkpoint_meta": run.meta})
+    if path.is_dir() and is_export(path) and (path / HEADS_CONFIG).is_file():
+        files = load_export(path)
+        files.encoder = _numpy(files.encoder)
+        return files
+    config, encoder = pretrained.load_pretrained(path)
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "vocab.txt").is_file():
+        raise FileNotFoundError(f"{folder}: no vocab.txt there to export with the model")
+    return ModelFiles(config, _numpy(encoder), folder / "vocab.txt", protect=[path],
+                      info={"source": str(path.resolve()),
+                            "source_kind": "converted" if (folder / "params").is_dir()
+                            else "huggingface"})
+
+
+# --------------------------------------------------------------------------------------------
+# Writing.
+
+def check_output_folder(out: Path, protect: list[Path], overwrite: bool) -> None:
+    """Refuse an OUT whose (re)placement would destroy what it must not.
+
+    OUT may not be or hold the current folder, be or hold a path of `protect` (the sources), nor
+    lie inside a protected folder. An existing non-empty OUT needs `overwrite`, and even then
+    must be an earlier export (it holds export.json). Raises ExportError / FileExistsError.
+    """
+    out = out.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ExportError(f"{out}: OUT is the current folder or holds it; pass a new folder "
+                          "for the export (e.g. exported/)")
+    for source in protect:
+        source = Path(source).resolve()
+        if out == source or out in source.parents:
+            raise ExportError(f"{out}: OUT is or holds the source {source}; replacing it would "
+                              "delete the source. Pass another OUT")
+        if source.is_dir() and source in out.parents:
+            raise ExportError(f"{out}: OUT lies inside the source folder {source}; pass a "
+                              "folder outside it")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; pass another OUT")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to "
+                              "replace an earlier export)")
+    if not is_export(out):
+        raise ExportError(f"{out}: not an earlier export (no {EXPORT_INFO}); --overwrite "
+                          "replaces only those. Pass another OUT, or remove it yourself")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _write_tokenizer(folder: Path, vocab_file: Path, config: BertConfig) -> None:
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+    from bert_jax.tokenizer import Tokenizer
+    shutil.copyfile(vocab_file, folder / "vocab.txt")
+    ours = Tokenizer(vocab_file)  # lowercasing, accent-stripping BERT rules, [CLS] a [SEP] b [SEP]
+    tok = HFTokenizer.from_str(ours._tok.to_str())
+    vocab = tok.get_vocab()
+    specials = {k: v for k, v in SPECIAL_TOKENS.items() if v in vocab}
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in sorted(specials.values(), key=vocab.get)])
+    tok.save(str(folder / "tokenizer.json"))
+    _write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "do_basic_tokenize": True,
+        "tokenize_chinese_chars": True, "strip_accents": None, "never_split": None,
+        "clean_up_tokenization_spaces": True, "model_max_length": config.max_position_embeddings,
+        "padding_side": "right", "truncation_side": "right", **specials})
+
+
+def _write_sentence_transformers(folder: Path, files: ModelFiles, pooling: str,
+                                 max_length: int) -> list[str]:
+    from safetensors.numpy import save_file
+    hidden = files.bert_config.hidden_size
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    _write_json(folder / "sentence_bert_config.json",
+                {"max_seq_length": max_length, "do_lower_case": False})
+    _write_json(folder / "config_sentence_transformers.json",
+                {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+                 "similarity_fn_name": "cosine"})
+    (folder / "1_Pooling").mkdir()
+    _write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False})
+    written = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+               "1_Pooling/"]
+    if pooling == "cls":  # BERT's pooler: CLS token -> Dense(tanh), as MultitaskBert.embed
+        dense = files.encoder["pooler"]["dense"]
+        (folder / "2_Dense").mkdir()
+        _write_json(folder / "2_Dense" / "config.json", {
+            "in_features": hidden, "out_features": hidden, "bias": True,
+            "activation_function": _TANH})
+        save_file({"linear.weight": np.ascontiguousarray(dense["kernel"].T, np.float32),
+                   "linear.bias": np.ascontiguousarray(dense["bias"], np.float32)},
+                  str(folder / "2_Dense" / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copymode(folder / "config.json", folder / "2_Dense" / "model.safetensors")
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense",
+                        "type": "sentence_transformers.models.Dense"})
+        written.append("2_Dense/")
+    _write_json(folder / "modules.json", modules)
+    return written
+
+
+def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
+                 max_length: int | None = None, overwrite: bool = False) -> str:
+    """Write `files` to `out_dir` in format `fmt` ("hf" or "sentence-transformers").
+
+    Built in a temporary sibling folder and renamed into place, so OUT is either untouched or
+    complete. Returns a one-line description of what was written. Raises ExportError /
+    FileExistsError for an OUT that `check_output_folder` refuses.
+    """
+    from safetensors.numpy import save_file
+    from bert_jax import convert
+    if fmt not in FORMATS:
+        raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    config = files.bert_config
+    pooling = files.heads.pooling if files.heads is not None else "mean"
+    max_length = max_length or files.max_length or DEFAULT_MAX_LENGTH
+    if max_length > config.max_position_embeddings:
+        raise ExportError(f"max length {max_length} is more than the model's "
+                          f"max_position_embeddings {config.max_position_embeddings}")
+    out = Path(out_dir).resolve()
+    check_output_folder(out, [*files.protect, files.vocab_file], overwrite)
+
+    state = encoder_state_dict(config, files.encoder)
+    pooler = "pooler.dense.weight" in state
+    if pooling == "cls" and not pooler:
+        raise ExportError("the model pools with BERT's pooler but has no pooler weights")
+    # The converter must read back exactly what was exported (every key, shape and value).
+    again, _ = convert.convert_state_dict(state, config, allow_missing_pooler=not pooler,
+                                          source="the exported state dict")
+    flat_in, flat_again = _flatten(files.encoder), _flatten(again)
+    if set(flat_in) != set(flat_again) or any(
+            not np.array_equal(flat_in[p], flat_again[p]) for p in flat_in):
+        raise ExportError("internal error: the exported state dict does not convert back to "
+                          "the same parameters")
+    if not pooler:
+        warnings.warn("the model has no pooler: transformers will initialise a random one "
+                      "(ignore pooler_output, or load with add_pooling_layer=False)", stacklevel=2)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        _write_json(tmp / "config.json", hf_config(config))
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copymode(tmp / "config.json", tmp / "model.safetensors")  # not 0600
+        _write_tokenizer(tmp, files.vocab_file, config)
+        parts = ["BertModel for transformers (config.json, model.safetensors, vocab.txt, "
+                 "tokenizer.json, tokenizer_config.json)"]
+        if fmt == "sentence-transformers":
+            written = _write_sentence_transformers(tmp, files, pooling, max_length)
+            parts.append(f"sentence-transformers modules ({pooling} pooling"
+                         + (" + Dense(tanh) = BERT's pooler" if pooling == "cls" else "")
+                         + f", max_seq_length {max_length}: {', '.join(written)})")
+        if files.heads is not None:
+            save_file(heads_state_dict(files.head_params), str(tmp / HEADS_WEIGHTS),
+                      metadata={"format": "pt"})
+            shutil.copymode(tmp / "config.json", tmp / HEADS_WEIGHTS)
+            _write_json(tmp / HEADS_CONFIG, {**dataclasses.asdict(files.heads),
+                                             "max_length": max_length,
+                                             "formulas": head_formulas(files.heads)})
+            parts.append(f"task heads ({HEADS_WEIGHTS}, {HEADS_CONFIG})")
+        from bert_jax import __version__
+        _write_json(tmp / EXPORT_INFO, {"format": fmt, **files.info,
+                                        "bert_jax_version": __version__})
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return f"wrote {out}: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+def _max_length_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} is too small: pass 2 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bert_jax.export",
+        description="Export a bert-jax model for PyTorch: a transformers BertModel folder, or a "
+                    "sentence-transformers model, with the task heads beside it.",
+        epilog="SRC is a training run folder (--out of train.multitask), a folder written by "
+               "bert_jax.convert, an earlier export, or 'all-MiniLM-L6-v2' (the embedded "
+               "default). Load the result with transformers.AutoModel.from_pretrained(OUT), "
+               "SentenceTransformer(OUT) or bert_jax.MultitaskModel.load(OUT).")
+    parser.add_argument("src", metavar="SRC", help="the model to export (see below).")
+    parser.add_argument("out", metavar="OUT", help="the folder to write (created atomically).")
+    parser.add_argument("--format", choices=FORMATS, default="hf",
+                        help="hf writes a transformers BertModel folder; sentence-transformers "
+                             "adds the modules SentenceTransformer(OUT) needs (default: hf).")
+    parser.add_argument("--which", choices=("best", "last"), default="best",
+                        help="which checkpoint of a training run to export (default: best).")
+    parser.add_argument("--max-length", type=_max_length_arg, metavar="N",
+                        help="max_seq_length of the sentence-transformers model (default: the "
+                             f"run's training max_length, else {DEFAULT_MAX_LENGTH}).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT when it holds an earlier export.")
+    return parser
+
+
+def _source_paths(src: str) -> list[Path]:
+    """The paths an output must not replace, known before loading `src`."""
+    from bert_jax import pretrained
+    if pretrained.is_default_name(src):
+        try:
+            return [pretrained.embedded_model_dir()]
+        except FileNotFoundError:
+            return []
+    return [Path(src)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0, or 2 with one `error: ...` line)."""
+    from bert_jax.checkpoints import CheckpointError
+    from bert_jax.convert import ConversionError
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Refuse a bad OUT before the (slow) loading; export_model checks again.
+            check_output_folder(Path(args.out), _source_paths(args.src), args.overwrite)
+            files = load_source(args.src, args.which)
+            line = export_model(files, args.out, args.format, max_length=args.max_length,
+                                overwrite=args.overwrite)
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print(f"warning: {w.message}", file=sys.stderr)
+    except (ExportError, ConversionError, CheckpointError, OSError) as err:
+        message = "; ".join(s.strip() for s in str(err).splitlines() if s.strip())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
