@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bert_jax.config import BertConfig
+from bert_jax.errors import BertJaxError
 
 FORMATS = ("hf", "sentence-transformers")
 DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
@@ -60,7 +61,7 @@ HEADS_WEIGHTS, HEADS_CONFIG, EXPORT_INFO = "heads.safetensors", "heads_config.js
 _TANH = "torch.nn.modules.activation.Tanh"
 
 
-class ExportError(ValueError):
+class ExportError(BertJaxError, ValueError):
     """A source or output folder the export cannot use; the message says which and why."""
 
 
@@ -480,8 +481,6 @@ def _source_paths(src: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0, or 2 with one `error: ...` line)."""
-    from bert_jax.checkpoints import CheckpointError
-    from bert_jax.convert import ConversionError
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -494,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in caught:
             if issubclass(w.category, UserWarning):
                 print(f"warning: {w.message}", file=sys.stderr)
-    except (ExportError, ConversionError, CheckpointError, OSError) as err:
+    except (BertJaxError, OSError) as err:  # ExportError, ConversionError, CheckpointError, ...
         message = "; ".join(s.strip() for s in str(err).splitlines() if s.strip())
         print(f"error: {message}", file=sys.stderr)
         return 2
