@@ -7,6 +7,7 @@ the same code with a mesh of one.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax
@@ -49,56 +50,61 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def encoder_lr_group(path: tuple[str, ...]) -> str:
-    """Layer-wise learning-rate group of the encoder parameter at `path` (keys below `bert/`):
-    "embeddings", "layer_{i}" or "top" (the pooler)."""
-    if path[0] == "embeddings":
-        return "embeddings"
-    if path[0] == "encoder" and path[1].startswith("layer_"):
-        return path[1]
-    return "top"
+def lr_rules(cfg: TrainConfig, num_layers: int = 0) -> list[tuple[str, str, float]]:
+    """Learning-rate groups as a table of `(name, pattern, multiplier of cfg.lr)` rules, first
+    match wins; a parameter's path reads "bert/encoder/layer_3/attention/query/kernel" (the
+    encoder) or "para_hidden/kernel" (a task head). The names are the optimiser state's keys
+    (a checkpoint of one version resumes in the next).
+
+    - the task heads (everything outside `bert/`) at `head_lr` when it is set;
+    - with `layer_lr_decay` d < 1, encoder layer i of L at d ** (L - 1 - i), the embeddings at
+      d ** L, the pooler ("top") at 1;
+    - the encoder at 1.
+    """
+    rules = []
+    if cfg.head_lr > 0:
+        rules.append(("heads", r"^(?!bert/)", cfg.head_lr / cfg.lr))
+    if cfg.layer_lr_decay != 1.0:
+        if num_layers < 1:
+            raise ValueError("layer_lr_decay needs the encoder's num_layers")
+        d = cfg.layer_lr_decay
+        rules += [(f"layer_{i}", rf"^bert/encoder/layer_{i}/", d ** (num_layers - 1 - i))
+                  for i in range(num_layers)]
+        rules += [("embeddings", r"^bert/embeddings/", d ** num_layers), ("top", r"^bert/", 1.0)]
+    else:
+        rules.append(("encoder", r"^bert/", 1.0))
+    return rules + [("heads", r".*", 1.0)]  # heads at lr when head_lr is not set
 
 
-def encoder_lr_scales(num_layers: int, decay: float) -> dict[str, float]:
-    """Learning-rate multiplier per `encoder_lr_group`: the top layer `layer_{L-1}` and the pooler
-    x 1, each layer below x `decay` more (`layer_i`: decay ** (L - 1 - i)), the embeddings
-    decay ** L."""
-    scales = {f"layer_{i}": decay ** (num_layers - 1 - i) for i in range(num_layers)}
-    return {"embeddings": decay ** num_layers, **scales, "top": 1.0}
+def lr_group_labels(params, rules: list[tuple[str, str, float]]):
+    """The tree of `params` with each leaf replaced by the name of its first matching rule."""
+    compiled = [(name, re.compile(pattern)) for name, pattern, _ in rules]
+
+    def label(path, _):
+        text = "/".join(str(getattr(k, "key", k)) for k in path)
+        return next(name for name, pattern in compiled if pattern.search(text))
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int,
                    num_layers: int = 0) -> optax.GradientTransformation:
-    """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping.
-
-    With `head_lr > 0` the task heads (every parameter outside `bert/`) get their own learning
-    rate, on the same warm-up/decay schedule; otherwise every parameter uses `lr`. With
-    `layer_lr_decay < 1` the encoder's rate shrinks layer by layer downwards
-    (`encoder_lr_scales`; `num_layers`: the encoder's depth).
-    """
+    """AdamW as torch.optim.AdamW (decoupled weight decay), optionally after global-norm clipping,
+    each learning-rate group of `lr_rules` on the same warm-up/decay schedule at its own rate
+    (`num_layers`: the encoder's depth, for `layer_lr_decay`). With one group every parameter
+    uses `lr` and the state is plain AdamW's."""
     def adamw_at(lr):
         return optax.adamw(make_schedule(cfg.replace(lr=lr), total_steps), b1=cfg.b1, b2=cfg.b2,
                            eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    if cfg.layer_lr_decay != 1.0:
-        if num_layers < 1:
-            raise ValueError("layer_lr_decay needs the encoder's num_layers")
-        encoder_rates = {g: cfg.lr * x
-                         for g, x in encoder_lr_scales(num_layers, cfg.layer_lr_decay).items()}
-        encoder_group = encoder_lr_group
-    else:
-        encoder_rates, encoder_group = {"encoder": cfg.lr}, lambda path: "encoder"
-    if len(encoder_rates) == 1 and cfg.head_lr <= 0:
+    rules = lr_rules(cfg, num_layers)
+    rates = {}
+    for name, _, multiplier in rules:
+        rates.setdefault(name, cfg.lr * multiplier)
+    if len(rules) == 2:  # the encoder and the heads, both at lr: one group
         adamw = adamw_at(cfg.lr)
     else:
-        def labels(params):
-            group = lambda path, _: encoder_group(tuple(getattr(k, "key", k) for k in path))
-            return {k: jax.tree_util.tree_map_with_path(group, v) if k == "bert"
-                    else jax.tree.map(lambda _: "heads", v) for k, v in params.items()}
-        head_lr = cfg.head_lr if cfg.head_lr > 0 else cfg.lr
-        adamw = optax.multi_transform(
-            {**{g: adamw_at(lr) for g, lr in encoder_rates.items()}, "heads": adamw_at(head_lr)},
-            labels)
+        adamw = optax.multi_transform({name: adamw_at(lr) for name, lr in rates.items()},
+                                      lambda params: lr_group_labels(params, rules))
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
