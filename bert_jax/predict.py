@@ -125,9 +125,11 @@ def load_model(ckpt: str, which: str = "best", **kwargs):
     `MultitaskModel.from_pretrained` (fresh heads)."""
     from bert_jax.api import MultitaskModel
     from bert_jax.pretrained import is_default_name
+    from bert_jax.export import HEADS_CONFIG, is_export
     path = Path(ckpt)
-    if (path / "train_config.json").is_file():
-        return MultitaskModel.load(path, which, **kwargs)
+    if (path / "train_config.json").is_file() or (is_export(path)
+                                                    and (path / HEADS_CONFIG).is_file()):
+        return MultitaskModel.load(path, which, **kwargs)  # trained heads: a run or its export
     if is_default_name(ckpt) or (path / "config.json").is_file():
         return MultitaskModel.from_pretrained(ckpt, **kwargs)
     if not path.exists():

@@ -313,3 +313,15 @@ def test_help_has_one_sentence_per_flag():
     assert out.returncode == 0
     for flag in ("--format", "--which", "--max-length", "--overwrite", "sentence-transformers"):
         assert flag in out.stdout
+
+
+def test_predict_uses_an_exports_trained_heads(run_export, run_model, capsys):
+    from bert_jax import predict
+    texts = SENTENCES[:3]
+    src = run_export.parent / "predict-in.txt"
+    src.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    code = predict.main([str(run_export), "--task", "sst", "--input", str(src)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "untrained" not in err, err
+    probs = np.array([[float(x) for x in line.split(",")[2:]] for line in out.splitlines()[1:]])
+    np.testing.assert_allclose(probs, run_model.sentiment(texts)[1], atol=1e-5)
