@@ -29,10 +29,10 @@ from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, pos
 from bert_jax.errors import BertJaxError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
-from bert_jax.pretrained import load_pretrained, resolve_model_dir
+from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer
 from train import evaluate as eval_lib
-from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run_lock
+from bert_jax.checkpoints import RunCheckpoints, read_json, run_lock
 from train.config import PRESET_NOTES, PRESETS, TASKS, TrainConfig
 from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch

@@ -1,5 +1,6 @@
-"""Bad input files: each problem raises DataError naming the file, the line and a fix, or is
-skipped and counted with skip_bad_rows=True; a property test on random rows."""
+"""bert_jax.cs224n: the real CS224N files load as csv.DictReader reads them and as their README
+counts; each bad input raises DataError naming the file, the line and a fix, or is skipped and
+listed with skip_bad_rows=True; a property test on random rows."""
 from __future__ import annotations
 
 import csv
@@ -15,44 +16,121 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from bert_jax import cs224n
 from bert_jax import data as D
-
-HEADERS = {"sst": ["", "id", "sentence", "sentiment"],
-           "para": ["", "id", "sentence1", "sentence2", "is_duplicate"],
-           "sts": ["", "id", "sentence1", "sentence2", "similarity"]}
-SKIP_HINT = "skip_bad_rows=True"
+from csv_files import HEADERS, SKIP_HINT, good_sst, raises, sst_file, write_tsv
 
 
-def write_tsv(path: Path, header, rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(header)
-        for i, row in enumerate(rows):
-            w.writerow([str(i)] + list(row))
-    return path
+# (file, task, labeled, rows in the README)
+FILES = [
+    ("ids-sst-train.csv", "sst", True, 8544),
+    ("ids-sst-dev.csv", "sst", True, 1101),
+    ("ids-sst-test-student.csv", "sst", False, 2210),
+    ("quora-train.csv", "para", True, 13507),
+    ("quora-dev.csv", "para", True, 20214),
+    ("sts-train.csv", "sts", True, 6040),
+    ("sts-dev.csv", "sts", True, 863),
+    ("sts-test-student.csv", "sts", False, 1725),
+]
 
 
-def sst_file(tmp_path, rows, name="sst.csv"):
-    return write_tsv(tmp_path / name, HEADERS["sst"], rows)
+# quora-dev.csv has two rows the loader rejects: no label (and, in the second, no sentence2).
+KNOWN_BAD = {"quora-dev.csv": [2577, 14222]}
 
 
-def good_sst(n=3):
-    return [(f"id{i}", f"A fine sentence {i} .", str(i % 5)) for i in range(n)]
+def _dictreader(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        for row in reader:
+            yield reader.line_num, row
 
 
-def raises(path, task="sst", line=None, match=None, hint=SKIP_HINT, **kw):
-    """Load and check the DataError: file name, `line N`, the problem and the hint."""
-    with pytest.raises(D.DataError) as info:
-        D.load_split(path, task, **kw)
-    msg = str(info.value)
-    assert Path(path).name in msg
-    if line is not None:
-        assert f"line {line}:" in msg
-    if match is not None:
-        assert match in msg, msg
-    if hint is not None:
-        assert hint in msg, msg
-    return msg
+@pytest.mark.parametrize("name,task,labeled,count", FILES, ids=[f[0] for f in FILES])
+def test_load_matches_readme_and_dictreader(data_dir, name, task, labeled, count):
+    ds, skipped = D.load_split_with_report(data_dir / name, task, labeled=labeled,
+                                           skip_bad_rows=True)
+    assert [line for line, _ in skipped] == KNOWN_BAD.get(name, [])
+    assert len(ds) + len(skipped) == count
+    got = ds[:]
+    expected = [(line, row) for line, row in _dictreader(data_dir / name)]
+    assert len(expected) == count
+    expected = [(line, row) for line, row in expected if line not in KNOWN_BAD.get(name, [])]
+    assert got["line"] == [line for line, _ in expected]
+    assert got["id"] == [row["id"].strip() for _, row in expected]
+    text_cols = ["sentence"] if task == "sst" else ["sentence1", "sentence2"]
+    for col, key in zip(text_cols, ["sentence1", "sentence2"]):
+        assert got[key] == [row[col].lower().strip() for _, row in expected]
+    if task == "sst":
+        assert "sentence2" not in got
+    if not labeled:
+        assert "label" not in got
+        return
+    raw = [row[cs224n._LABEL_COLUMN[task]] for _, row in expected]
+    if task == "sst":
+        assert ds.features["label"].dtype == "int64"
+        assert got["label"] == [int(x) for x in raw]
+        assert set(got["label"]) == {0, 1, 2, 3, 4}
+    elif task == "para":
+        assert ds.features["label"].dtype == "int64"
+        assert got["label"] == [int(float(x)) for x in raw]
+        assert set(got["label"]) == {0, 1}
+    else:
+        assert ds.features["label"].dtype == "float32"
+        np.testing.assert_array_equal(np.asarray(got["label"], np.float32),
+                                      np.asarray([float(x) for x in raw], np.float32))
+        assert 0 <= min(got["label"]) and max(got["label"]) <= 5
+
+
+def test_quora_dev_strict_load_names_the_first_bad_row(data_dir):
+    with pytest.raises(D.DataError, match=r"quora-dev\.csv, line 2577: is_duplicate is empty.*"
+                                          r"skip_bad_rows"):
+        D.load_split(data_dir / "quora-dev.csv", "para")
+
+
+def test_sst_test_student_malformed_header(data_dir):
+    with open(data_dir / "ids-sst-test-student.csv", encoding="utf-8") as f:
+        assert f.readline().rstrip("\n").split("\t") == ["0", "", "id", "sentence"]
+    ds = D.load_split(data_dir / "ids-sst-test-student.csv", "sst", labeled=False)
+    assert ds.column_names == ["id", "sentence1", "line"]
+    assert ds[0] == {"id": "b7573736a6ddf7be102b7fee0",
+                     "sentence1": "effective but too-tepid biopic", "line": 2}
+    assert all(re.fullmatch(r"[0-9a-f]{25}", i) for i in ds["id"])
+    assert not any(re.fullmatch(r"\d+(\.0)?", s) for s in ds["sentence1"])
+    # labeled=True on a test file: the error says what to do
+    with pytest.raises(D.DataError, match=r"line 1: missing column sentiment.*labeled=False"):
+        D.load_split(data_dir / "ids-sst-test-student.csv", "sst")
+
+
+def test_default_files():
+    assert D.default_file("sst", "test") == "ids-sst-test-student.csv"
+    assert D.default_file("para", "dev") == "quora-dev.csv"
+    assert D.default_file("para", "test") is None
+    assert D.default_file("sts", "train") == "sts-train.csv"
+    with pytest.raises(ValueError):
+        D.default_file("nli", "train")
+    with pytest.raises(ValueError):
+        D.default_file("sst", "validation")
+
+
+def test_find_data_dir(tmp_path, monkeypatch):
+    assert D.find_data_dir(tmp_path) == tmp_path
+    with pytest.raises(D.DataError, match="--data-dir"):
+        D.find_data_dir(tmp_path / "nope")
+    work = tmp_path / "repo"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(D.DataError, match="--data-dir"):
+        D.find_data_dir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert D.find_data_dir().resolve() == (tmp_path / "shared" / "data").resolve()
+    (work / "data").mkdir()
+    assert D.find_data_dir() == D.Path("data")
+
+
+def test_skipped_rows_are_logged(data_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        D.load_split(data_dir / "quora-dev.csv", "para", skip_bad_rows=True)
+    assert "skipped 2 bad rows (lines 2577, 14222)" in caplog.text
 
 
 def test_missing_file(tmp_path):
@@ -202,22 +280,6 @@ def test_duplicate_ids_are_bad_rows(tmp_path):
     assert ds["id"][:] == ["a", "b"] and [line for line, _ in skipped] == [4]
 
 
-def test_sentences_empty_once_normalised_are_bad_rows(tmp_path, tokenizer, caplog):
-    # Zero-width and control characters survive str.strip() but BERT's normaliser deletes them.
-    rows = [("a", "a fine film", "1"), ("b", "\u200b\u200b", "2"), ("c", "\x07", "3"),
-            ("d", "dull", "0")]
-    p = sst_file(tmp_path, rows)
-    assert tokenizer.encode_ids(["\u200b\u200b", "\x07"], 16)[0].tolist() == [
-        tokenizer.cls_id, tokenizer.sep_id]
-    with pytest.raises(D.DataError, match=r"line 3: a sentence is empty once normalised"):
-        D.load_task(p, "sst", "train", tokenizer, max_length=16, cache_dir=False)
-    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        data = D.load_task(p, "sst", "train", tokenizer, max_length=16, cache_dir=False,
-                           skip_bad_rows=True)
-    assert data.example_ids == ["a", "d"] and data.labels.tolist() == [1, 0]
-    assert "skipped 2 rows whose sentence is empty once normalised (lines 3, 4)" in caplog.text
-
-
 def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
     p = tmp_path / "mixed.csv"
     p.write_bytes(
@@ -245,26 +307,27 @@ def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
     raises(p, match="no usable rows: all 2 rows are bad", hint=None, skip_bad_rows=True)
 
 
-def test_long_sentence_truncated_and_counted(tmp_path, tokenizer, caplog):
-    long = " ".join(["word"] * 40)
-    p = write_tsv(tmp_path / "long.csv", HEADERS["sts"],
-                  [("a", "short one", long, "1.0"), ("b", "fine", "ok", "2.0")])
-    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        data = D.load_task(p, "sts", "dev", tokenizer, max_length=16, cache_dir=tmp_path / "c")
-    assert data.truncated == 1
-    assert len(data.ids2[0]) == 16 and data.ids2[0][-1] == tokenizer.sep_id
-    np.testing.assert_array_equal(data.ids2[0], tokenizer.encode_ids([long], 16)[0])
-    assert "1 sentence longer than max_length=16 tokens truncated" in caplog.text
-    assert data.lengths[0] == 16
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    p = sst_file(tmp_path, good_sst())
+    real = Path.read_bytes
 
+    def denied(self):
+        if self == p:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    raises(p, match="cannot read the file (Permission denied)", hint="chmod")
 
-# ------------------------------------------------------------------------- property test
 
 _CHARS = st.one_of(st.sampled_from(['"', "'", "\t", "\n", "\r", " ", ",", "a", "B", "\u00e9",
                                     "\u4e2d", "\U0001f600", "\x00", "\u2028", "\x85", "\ufeff",
                                     "\u00a0", "\\"]),
                    st.characters(blacklist_categories=("Cs",)))
+
+
 _TEXT = st.text(_CHARS, max_size=12)
+
+
 _LABELS = st.one_of(
     st.sampled_from(["0", "1", "2", "3", "4", "0.0", "1.0", "4.6", "5", "5.0", "2.5", "-1",
                      "nan", "inf", "-inf", "", " 3 ", "abc", "1e400", "\t", '"1"']),
@@ -341,42 +404,3 @@ def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
                     break
                 starts.append(start)
             assert got["line"] == [s for s, e in zip(starts, expected) if e[0]]
-
-
-def test_unreadable_file_is_named(tmp_path, monkeypatch):
-    p = sst_file(tmp_path, good_sst())
-    real = Path.read_bytes
-
-    def denied(self):
-        if self == p:
-            raise PermissionError(13, "Permission denied")
-        return real(self)
-    monkeypatch.setattr(Path, "read_bytes", denied)
-    raises(p, match="cannot read the file (Permission denied)", hint="chmod")
-
-
-def test_unusable_token_cache_falls_back_or_is_rebuilt(tmp_path, tokenizer, caplog,
-                                                       monkeypatch):
-    p = sst_file(tmp_path, good_sst(6))
-    ds = D.load_split(p, "sst")
-    want = D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=False), "sst").ids1
-    # BERT_JAX_CACHE pointing at a file: tokenize in memory, saying so
-    blocker = tmp_path / "cache-is-a-file"
-    blocker.write_text("x")
-    monkeypatch.setenv("BERT_JAX_CACHE", str(blocker))
-    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        got = D.task_data(D.tokenize_split(ds, tokenizer, 16), "sst").ids1
-    assert "cannot write the token cache there" in caplog.text and "BERT_JAX_CACHE" in caplog.text
-    assert [a.tolist() for a in got] == [a.tolist() for a in want]
-    # a damaged cache file: named, rebuilt, same ids
-    cache = tmp_path / "cache"
-    D.tokenize_split(ds, tokenizer, 16, cache_dir=cache)
-    (arrow,) = cache.glob("tokens-*.arrow")
-    arrow.write_bytes(b"\x00not arrow at all")
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        got = D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=cache), "sst").ids1
-    assert f"{arrow}: the token cache is damaged" in caplog.text
-    assert [a.tolist() for a in got] == [a.tolist() for a in want]
-    assert D.task_data(D.tokenize_split(ds, tokenizer, 16, cache_dir=cache), "sst").ids1[0].tolist() \
-        == want[0].tolist()  # the rebuilt file loads

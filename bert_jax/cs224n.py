@@ -1,0 +1,313 @@
+"""The Stanford CS224N minBERT files: names, parsing and validation.
+
+Files are tab-separated, an unnamed row-index first column, double-quote quoting, parsed exactly
+as `csv.DictReader(f, delimiter="\\t")` parses them; `load_split` returns a validated
+`datasets.Dataset`. Bad rows raise `DataError` naming the file, the line and the fix, or are
+skipped and listed (`skip_bad_rows=True`). Knows nothing of tokenizers, models or JAX.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+
+from bert_jax.errors import BertJaxError
+
+logger = logging.getLogger("bert_jax.data")
+
+TASKS = ("sst", "para", "sts")
+SPLITS = ("train", "dev", "test")
+
+_DEFAULT_FILES = {
+    ("sst", "train"): "ids-sst-train.csv",
+    ("sst", "dev"): "ids-sst-dev.csv",
+    ("sst", "test"): "ids-sst-test-student.csv",
+    ("para", "train"): "quora-train.csv",
+    ("para", "dev"): "quora-dev.csv",
+    ("sts", "train"): "sts-train.csv",
+    ("sts", "dev"): "sts-dev.csv",
+    ("sts", "test"): "sts-test-student.csv",
+}
+# Columns by task: the sentence columns of the file and the label column.
+_TEXT_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
+                 "sts": ("sentence1", "sentence2")}
+_LABEL_COLUMN = {"sst": "sentiment", "para": "is_duplicate", "sts": "similarity"}
+SKIP_HINT = "Fix or delete the row, or pass skip_bad_rows=True (--skip-bad-rows) to skip bad rows"
+
+
+class DataError(BertJaxError, ValueError):
+    """Bad input data. The message names the file, the line (1-based, header = line 1), the
+    problem and what to do about it."""
+
+
+def data_error(path, line: int | None, problem: str, hint: str) -> DataError:
+    where = f"{path}" if line is None else f"{path}, line {line}"
+    return DataError(f"{where}: {problem}. {hint}")
+
+
+def is_pair_task(task: str) -> bool:
+    check_task(task)
+    return task != "sst"
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+
+
+def default_file(task: str, split: str) -> str | None:
+    """The CS224N file name of `task`'s `split` ("train", "dev", "test"); None if there is none
+    (para has no test file)."""
+    check_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    return _DEFAULT_FILES.get((task, split))
+
+
+def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder: `data_dir` if given; else `data/` if it exists, else `../shared/data`
+    (both relative to the current working directory)."""
+    if data_dir is not None:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder. Pass --data-dir (data_dir=) a folder "
+                            f"holding the CS224N files ({', '.join(sorted(set(_DEFAULT_FILES.values())))})")
+        return folder
+    for folder in (Path("data"), Path("..") / "shared" / "data"):
+        if folder.is_dir():
+            return folder
+    raise DataError(f"no data folder: neither data/ nor ../shared/data exists under {Path.cwd()}. "
+                    "Pass --data-dir (data_dir=) the folder holding the CS224N files "
+                    "(ids-sst-train.csv, quora-train.csv, sts-train.csv, ...)")
+
+
+
+# ----------------------------------------------------------------------------------- loading
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a leading BOM dropped); bytes that are not UTF-8 become lone
+    surrogates (surrogateescape) so that the row holding them can be named or skipped."""
+    if not path.exists():
+        raise data_error(path, None, "no such file",
+                   "Check the path, or pass --data-dir (data_dir=) the folder holding the CS224N files")
+    if not path.is_file():
+        raise data_error(path, None, "not a file", "Pass the path of a .csv file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise data_error(path, None, f"cannot read the file ({err.strerror or err})",
+                   "Check its permissions (e.g. `chmod a+r FILE`) or copy it somewhere readable"
+                   ) from None
+    if not raw:
+        raise data_error(path, None, "empty file (0 bytes): no header and no rows",
+                   "Pass a non-empty tab-separated file with a header line")
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _bad_bytes(fields: Sequence[str]) -> str | None:
+    for field in fields:
+        for ch in field:
+            if "\udc80" <= ch <= "\udcff":
+                return f"0x{ord(ch) - 0xdc00:02x}"
+    return None
+
+
+_NOT_UTF8_HINT = ("Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)")
+
+
+def _iter_records(path: Path, text: str):
+    """(header, iterator of (first line of record, fields)), parsed as csv.DictReader does."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    try:
+        header = next(reader)
+    except StopIteration:  # pragma: no cover - empty text is caught earlier
+        header = None
+    except csv.Error as e:
+        raise data_error(path, reader.line_num, f"cannot parse the header ({e})",
+                   "Check the quoting of the header line") from None
+
+    def records():
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise data_error(path, start, f"cannot parse the row ({e})",
+                           "Check the quoting: a field that starts with a double quote must end "
+                           "with one, and quotes inside it are doubled") from None
+            if row == []:  # DictReader skips blank lines
+                continue
+            yield start, reader.line_num, row
+
+    return header, records()
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+
+
+def _parse_label(task: str, value: str) -> tuple[Any, str | None]:
+    """(label, None) or (None, what is wrong). A label is a plain decimal number (`3`, `1.0`,
+    `4.25`; a sign and spaces around it allowed): no exponent, digit separator, `inf`/`nan` or
+    non-ASCII digit, which `float()` would accept."""
+    name = _LABEL_COLUMN[task]
+    if value.strip() == "":
+        return None, f"{name} is empty (the row has no label)"
+    if not _PLAIN_NUMBER.fullmatch(value.strip(" ")):
+        try:
+            x = float(value)
+        except ValueError:
+            return None, f"{name} {value!r} is not a number"
+        if not math.isfinite(x):
+            return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
+        return None, f"{name} {value!r} is not a plain decimal number (like 3 or 1.0)"
+    x = float(value)
+    if not math.isfinite(x):
+        return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
+    if task == "sst":
+        if x != int(x) or not 0 <= x <= 4:
+            return None, f"{name} {value!r} is not one of 0, 1, 2, 3, 4"
+        return int(x), None
+    if task == "para":
+        if x not in (0.0, 1.0):
+            return None, f"{name} {value!r} is not 0 or 1 (0.0 / 1.0)"
+        return int(x), None
+    if not 0.0 <= x <= 5.0:
+        return None, f"{name} {value!r} is outside 0..5"
+    return x, None
+
+
+def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool = True,
+                           skip_bad_rows: bool = False
+                           ) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
+    """Like `load_split`, and also the skipped rows as a list of (line, reason).
+
+    Without `skip_bad_rows` the list is empty: the first bad row raises DataError.
+    """
+    check_task(task)
+    path = Path(path)
+    text = _read_text(path)
+    header, records = _iter_records(path, text)
+    header = header or []
+    bad = _bad_bytes(header)
+    if bad:
+        raise data_error(path, 1, f"the header has bytes that are not UTF-8 (byte {bad})", _NOT_UTF8_HINT)
+    if len(header) == 1 and "," in header[0]:
+        raise data_error(path, 1, "the file looks comma-separated; the CS224N files are tab-separated",
+                   "Save it with tabs between the columns (e.g. pandas `to_csv(sep='\\t')`)")
+
+    text_cols = _TEXT_COLUMNS[task]
+    label_col = _LABEL_COLUMN[task] if labeled else None
+    wanted = ("id",) + text_cols + ((label_col,) if label_col else ())
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        hint = "Check that the file belongs to this task and is tab-separated"
+        if missing == [label_col]:
+            hint = ("An unlabeled (test) file? Pass labeled=False (split 'test') to load it "
+                    "without labels")
+        raise data_error(path, 1, f"missing column{'s' if len(missing) > 1 else ''} "
+                   f"{', '.join(missing)} (task {task!r} expects {', '.join(wanted)}; "
+                   f"the header has {', '.join(repr(h) for h in header) or 'no columns'})", hint)
+    # DictReader maps each name to its last position when a name repeats.
+    pos = {name: i for i, name in enumerate(header)}
+
+    ids, lines, labels = [], [], []
+    texts: list[list[str]] = [[] for _ in text_cols]
+    skipped: list[tuple[int, str]] = []
+    first_line_of: dict[str, int] = {}
+    n_fields = len(header)
+    for line, end, row in records:
+        problem = None
+        if end > line or any(ch in field for field in row for ch in "\t\r\n"):
+            # csv joined physical lines into one record: a double quote opened and closed
+            # lines later (or never), swallowing the rows in between. Every line is named.
+            span = f"lines {line}-{end}" if end > line else f"line {line}"
+            problem = (f"{span} were read as one row: a field holds a line break or tab, the "
+                       "sign of an unbalanced double quote (a field that starts with \" must end "
+                       "with one; quotes inside it are doubled)")
+            if not skip_bad_rows:
+                raise data_error(path, line, problem, SKIP_HINT)
+            skipped.extend((n, problem) for n in range(line, end + 1))
+            continue
+        if len(row) < n_fields:
+            problem = (f"{len(row)} field{'s' if len(row) != 1 else ''}, the header has "
+                       f"{n_fields} ({', '.join(repr(h) for h in header)})")
+        elif len(row) > n_fields:
+            problem = (f"{len(row)} fields, the header has {n_fields}: an unquoted tab inside "
+                       "a sentence?")
+        elif (b := _bad_bytes(row)) is not None:
+            problem = f"bytes that are not UTF-8 (byte {b})"
+        if problem is None:
+            ex_id = row[pos["id"]].strip()
+            sents = [row[pos[c]].lower().strip() for c in text_cols]
+            label = None
+            if not ex_id:
+                problem = "the id is empty"
+            elif (empty := [c for c, s in zip(text_cols, sents) if not s]):
+                problem = f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+            elif ex_id in first_line_of:
+                problem = f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
+            elif label_col is not None:
+                label, problem = _parse_label(task, row[pos[label_col]])
+        if problem is not None:
+            if not skip_bad_rows:
+                hint = _NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)" \
+                    if problem.startswith("bytes") else SKIP_HINT
+                raise data_error(path, line, problem, hint)
+            skipped.append((line, problem))
+            continue
+        ids.append(ex_id)
+        first_line_of[ex_id] = line
+        lines.append(line)
+        for col, s in zip(texts, sents):
+            col.append(s)
+        if label_col is not None:
+            labels.append(label)
+
+    if not ids:
+        if skipped:
+            raise data_error(path, None, f"no usable rows: all {len(skipped)} rows are bad (first: "
+                       f"line {skipped[0][0]}: {skipped[0][1]})", "Check the file and its task")
+        raise data_error(path, None, "no rows (only a header)", "Pass a file with at least one row")
+
+    columns: dict[str, list] = {"id": ids, "sentence1": texts[0]}
+    features = {"id": datasets.Value("string"), "sentence1": datasets.Value("string")}
+    if len(text_cols) == 2:
+        columns["sentence2"] = texts[1]
+        features["sentence2"] = datasets.Value("string")
+    if label_col is not None:
+        columns["label"] = labels
+        features["label"] = datasets.Value("float32" if task == "sts" else "int64")
+    columns["line"] = lines
+    features["line"] = datasets.Value("int64")
+    ds = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    if skipped:
+        shown = ", ".join(str(line) for line, _ in skipped[:10])
+        logger.warning("%s: skipped %d bad row%s (line%s %s%s)", path, len(skipped),
+                       "s" if len(skipped) > 1 else "", "s" if len(skipped) > 1 else "", shown,
+                       ", ..." if len(skipped) > 10 else "")
+    return ds, skipped
+
+
+def load_split(path: str | os.PathLike, task: str, *, labeled: bool = True,
+               skip_bad_rows: bool = False, cache_dir=None) -> datasets.Dataset:
+    """One CS224N file as a `datasets.Dataset`, validated.
+
+    Columns: `id` (str), `sentence1` (str, lowercased and stripped), `sentence2` (pair tasks),
+    `label` (when `labeled`: int64 0..4 for sst, int64 0/1 for para, float32 0..5 for sts) and
+    `line` (int64, the first line of the row in the file). Bad rows raise DataError, or are
+    skipped and counted in a warning on the `bert_jax.data` logger with `skip_bad_rows=True`.
+    `cache_dir` is accepted for symmetry with `tokenize_split`; parsing is not cached (it takes
+    well under a second per file).
+    """
+    return load_split_with_report(path, task, labeled=labeled, skip_bad_rows=skip_bad_rows)[0]
+

@@ -1,0 +1,151 @@
+"""Tokenization of a loaded split, cached on disk by `datasets` under a content key.
+
+`tokenize_split` adds the token ids of every sentence (`ids1`, `len1`, and `ids2`, `len2` for
+pairs); the cache file's key hashes the split's content, the tokenizer and `max_length`, so a
+second call with the same inputs reads the file. An unwritable cache folder falls back to memory
+and a damaged cache file is rebuilt, each with a warning naming it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+logger = logging.getLogger("bert_jax.data")
+
+_CACHE_VERSION = "1"
+
+
+# ------------------------------------------------------------------------------ tokenization
+
+def default_cache_dir() -> Path:
+    """`$BERT_JAX_CACHE/datasets`, or `~/.cache/bert_jax/datasets`."""
+    root = os.environ.get("BERT_JAX_CACHE") or Path.home() / ".cache" / "bert_jax"
+    return Path(root) / "datasets"
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    h = hashlib.sha256()
+    vocab_file = getattr(tokenizer, "vocab_file", None)
+    if vocab_file is not None:
+        h.update(Path(vocab_file).read_bytes())
+    inner = getattr(tokenizer, "_tok", None)  # full tokenizers config: normaliser, model, template
+    if inner is not None and hasattr(inner, "to_str"):
+        config = json.loads(inner.to_str())
+        for state in ("truncation", "padding"):  # per-call settings, not the tokenizer's identity
+            config.pop(state, None)
+        h.update(json.dumps(config, sort_keys=True).encode("utf-8"))
+    if vocab_file is None and inner is None:
+        raise ValueError("tokenize_split needs the project's Tokenizer (with vocab_file)")
+    return h.hexdigest()
+
+
+def _dataset_digest(ds: datasets.Dataset) -> str:
+    h = hashlib.sha256()
+    table = ds.with_format("arrow")[:]
+    for name in sorted(table.column_names):
+        h.update(name.encode() + b"\0")
+        h.update(json.dumps(table.column(name).to_pylist(), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def cache_key(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
+    """Hex digest of the dataset's content (all columns: what the source file and task gave),
+    the tokenizer (vocab file bytes and settings) and `max_length`."""
+    h = hashlib.sha256()
+    for part in (_CACHE_VERSION, _dataset_digest(ds), _tokenizer_digest(tokenizer), str(max_length)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _truncate(row: np.ndarray, max_length: int) -> np.ndarray:
+    # Same as the tokenizer's own truncation of one sentence: keep [CLS] and the final [SEP].
+    if len(row) <= max_length:
+        return row
+    return np.concatenate([row[:max_length - 1], row[-1:]])
+
+
+def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
+                   cache_dir: str | os.PathLike | None | bool = None) -> datasets.Dataset:
+    """`ds` with token ids added via `Dataset.map(batched=True)`, cached on disk.
+
+    Adds `ids1` (list of int32: [CLS] sentence1 [SEP], truncated to `max_length`) and `len1`
+    (int32, the untruncated length); `ids2`/`len2` too for pair tasks. Each sentence is encoded
+    on its own. The cache file `tokens-<key>.arrow` lives in `cache_dir` (default
+    `default_cache_dir()`; False: no disk cache); the key hashes the dataset's content, the
+    tokenizer and `max_length`, so a second call with the same inputs reuses it. Logs how many
+    sentences were truncated (see `count_truncated`).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 ([CLS] and [SEP]), not {max_length}")
+    pair = "sentence2" in ds.column_names
+    in_cols = ["sentence1", "sentence2"] if pair else ["sentence1"]
+    features = ds.features.copy()
+    for k in ("1", "2") if pair else ("1",):
+        features["ids" + k] = datasets.List(datasets.Value("int32"))
+        features["len" + k] = datasets.Value("int32")
+
+    def encode(*cols):
+        out = {}
+        for k, texts in zip(("1", "2"), cols):
+            full = tokenizer.encode_ids(list(texts), max_length=1_000_000)
+            out["ids" + k] = [_truncate(r, max_length) for r in full]
+            out["len" + k] = np.asarray([len(r) for r in full], np.int32)
+        return out
+
+    key = cache_key(ds, tokenizer, max_length)
+    run = functools.partial(ds.map, encode, batched=True, input_columns=in_cols,
+                            features=features, new_fingerprint=key[:40], desc="tokenizing")
+    cache_file = None
+    if cache_dir is not False:
+        folder = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
+        cache_file = _writable_cache_file(folder, f"tokens-{key[:40]}.arrow")
+    if cache_file is None:
+        out = run(keep_in_memory=True)
+    else:
+        try:
+            out = run(cache_file_name=str(cache_file), load_from_cache_file=True)
+            out.with_format("arrow")[:1]  # a damaged file fails here, not later in training
+        except Exception as err:  # noqa: BLE001 - any unreadable cache: rebuild it once
+            if not cache_file.exists():
+                raise
+            logger.warning("%s: the token cache is damaged (%s: %s); rebuilding it", cache_file,
+                           type(err).__name__, str(err)[:200])
+            cache_file.unlink()
+            out = run(cache_file_name=str(cache_file), load_from_cache_file=False)
+    n = count_truncated(out, max_length)
+    if n:
+        logger.warning("%d sentence%s longer than max_length=%d tokens truncated (of %d)", n,
+                       "s" if n > 1 else "", max_length, len(out) * (2 if pair else 1))
+    return out
+
+
+def _writable_cache_file(folder: Path, name: str) -> Path | None:
+    """`folder / name` when the folder can hold a cache file; else None (tokenize in memory)
+    after a warning naming the folder and the fix (`BERT_JAX_CACHE`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return folder / name
+    except OSError as err:
+        logger.warning("%s: cannot write the token cache there (%s); tokenizing in memory. Set "
+                       "BERT_JAX_CACHE to a writable folder to cache it", folder,
+                       err.strerror or err)
+        return None
+
+
+def count_truncated(ds: datasets.Dataset, max_length: int) -> int:
+    """How many sentences of a tokenized dataset were longer than `max_length` tokens."""
+    table = ds.with_format("arrow")[:]
+    return int(sum((table.column(c).to_numpy() > max_length).sum()
+                   for c in ("len1", "len2") if c in table.column_names))
+
