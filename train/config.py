@@ -1,66 +1,133 @@
-"""`TrainConfig`: every knob of a training run, and the report's seven experiments as presets."""
+"""`TrainConfig`: every setting of a training run, and the report's seven experiments as presets.
+
+Each field carries its own help text and, for numbers, the argparse type that checks its range
+(`setting(...)`): the command line (`train.multitask --help`) is generated from these fields, so
+a setting is described in one place, and `train_config.json` records every one of them.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from bert_jax.cs224n import TASKS
 from bert_jax.heads import HeadConfig
 
-TASKS = ("sst", "para", "sts")
 MODES = ("multitask", "sequential")
+# Settings a --resume may change: they change neither the data order nor the parameters' path.
+RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "limit_eval",
+                               "eval_batch_size", "save_every", "resume", "data_dir"})
+
+
+def setting(default: Any, help: str, type: Callable | None = None) -> Any:
+    """A `TrainConfig` field: its default, one sentence of help, and the argparse type that
+    checks a value given on the command line (None: the field's own type)."""
+    return dataclasses.field(default=default, metadata={"help": help, "type": type})
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A training run. Defaults are the report's best system ("concat" preset, 10 epochs)."""
     # Model
-    init: str = "all-MiniLM-L6-v2"       # embedded default, or a converted / HuggingFace folder
-    pooling: str = "mean"                # "cls" | "mean"
-    para_head: str = "concat"            # "diff" | "concat"
-    sts_head: str = "cosine"             # "linear" | "cosine"
-    dropout: float = 0.1                 # heads' dropout (the encoder keeps its own config)
-    dtype: str = "auto"                  # compute dtype: "auto" (bfloat16 on GPU/TPU, float32
-                                         # on CPU) | "float32" | "bfloat16"
-    attention_impl: str = "xla"          # "xla" | "cudnn"
+    init: str = setting("all-MiniLM-L6-v2", "pretrained encoder: 'all-MiniLM-L6-v2' (the "
+                        "embedded default), a folder written by `python -m bert_jax.convert`, "
+                        "or a HuggingFace BERT folder")
+    pooling: str = setting("mean", "sentence embedding: 'cls' (BERT's pooler output) or 'mean' "
+                           "(masked mean of the last hidden states)")
+    para_head: str = setting("concat", "paraphrase head: 'diff' (u-v -> linear) or 'concat' "
+                             "([|u-v|, u*v] -> dense -> ReLU -> dense)")
+    sts_head: str = setting("cosine", "STS head: 'linear' (on u-v) or 'cosine' (5 x cos(u, v))")
+    dropout: float = setting(0.1, "dropout of the task heads (the encoder keeps its own)",
+                             nonnegative_float)
+    dtype: str = setting("auto", "compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), "
+                         "'float32' or 'bfloat16'; parameters stay float32")
+    attention_impl: str = setting("xla", "attention kernel: 'xla' (everywhere) or 'cudnn' "
+                                  "(NVIDIA GPUs, bfloat16, with --no-pack)")
     # What to train
-    tasks: tuple[str, ...] = TASKS
-    mode: str = "multitask"              # "multitask": summed loss per step; "sequential"
-    epochs: int = 10
-    batch_size: int = 8                  # per task, global (split over devices)
-    eval_batch_size: int = 64
-    max_length: int = 128
-    pack: bool = True                    # pack a step's sentences into rows (no pad between)
-    pack_length: int = 64                # packed row length (steps with longer sentences: max_length)
-    num_buckets: int = 4                 # static shapes the step compiles for (per row length)
-    group_by_length: bool = True         # unpacked: batch similar lengths together
-    epoch_steps: str = "max"             # multitask epoch: "max" | "min" of the tasks' batches
+    tasks: tuple[str, ...] = setting(TASKS, "comma-separated tasks to train (sst,para,sts); dev "
+                                     "scores always cover all three")
+    mode: str = setting("multitask", "'multitask' (a batch of every task per step, summed loss) "
+                        "or 'sequential' (one task's batches at a time)")
+    epochs: int = setting(10, "passes over the training data", positive_int)
+    batch_size: int = setting(8, "examples per task per step, global (split over the devices)",
+                              positive_int)
+    eval_batch_size: int = setting(64, "dev examples per forward pass during evaluation",
+                                   positive_int)
+    max_length: int = setting(128, "tokens per sentence; longer sentences are truncated and "
+                              "counted", positive_int)
+    pack: bool = setting(True, "pack a step's sentences into rows without padding between them "
+                         "(attention stays within a sentence); --no-pack pads them instead")
+    pack_length: int = setting(64, "length of packed rows; steps holding a longer sentence use "
+                               "--max-length", positive_int)
+    num_buckets: int = setting(4, "static shapes per row length (packed) or padded lengths "
+                               "(each compiles once)", positive_int)
+    group_by_length: bool = setting(True, "with --no-pack: batch examples of similar length "
+                                    "together")
+    epoch_steps: str = setting("max", "multitask epoch length: the 'max' or the 'min' of the "
+                               "tasks' batch counts (smaller tasks restart a seeded pass)")
     # Extra data, off by default (the report trained on SST sentences only): train/sst_phrases.py
-    sst_phrases: str = ""                # labelled SST train-tree phrases file ("" = none)
-    sst_phrases_count: int = -1          # phrases added to SST; -1 = as many as make SST as
-                                         # large as the largest task (same epoch length)
-    sst_phrases_min_words: int = 5       # only phrases of at least this many words
-    sst_phrases_match_labels: bool = True  # sample phrases in the sentences' label proportions
+    sst_phrases: str = setting("", "extra SST training data: a file of labelled phrases in the "
+                               "format of ids-sst-train.csv (e.g. ../shared/data/sst-train-"
+                               "phrases.csv); '' (the report's data): none; dev and test never "
+                               "include phrases")
+    sst_phrases_count: int = setting(-1, "phrases (a seeded sample) that join the SST "
+                                     "sentences; -1: as many as make SST as large as the "
+                                     "largest training task, so the epoch length stays that of "
+                                     "the sentences-only run")
+    sst_phrases_min_words: int = setting(5, "sample only phrases of at least this many words "
+                                         "(shorter ones are mostly neutral fragments)",
+                                         positive_int)
+    sst_phrases_match_labels: bool = setting(True, "sample phrases in the label proportions of "
+                                             "the SST training sentences; "
+                                             "--no-sst-phrases-match-labels: a uniform sample")
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
-    lr: float = 1e-5
-    head_lr: float = 0.0                 # learning rate of the task heads; 0 = same as lr
-    layer_lr_decay: float = 1.0          # encoder layer i's rate x decay ** (top - i); 1 = off
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    linear_decay: bool = False
-    grad_clip: float = 0.0               # global-norm clipping; 0 = off
+    lr: float = setting(1e-5, "peak learning rate of AdamW for the encoder", positive_float)
+    head_lr: float = setting(0.0, "learning rate of the task heads (0: the same as --lr); fresh "
+                             "heads learn slowly at the encoder's 1e-5", nonnegative_float)
+    layer_lr_decay: float = setting(1.0, "layer-wise learning-rate decay: the top encoder layer "
+                                    "and the pooler train at --lr, each layer below at DECAY "
+                                    "times the one above, the embeddings at DECAY ** layers "
+                                    "(1: off)", positive_float)
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", nonnegative_float)
+    b1: float = setting(0.9, "AdamW's first-moment decay (beta1)", nonnegative_float)
+    b2: float = setting(0.999, "AdamW's second-moment decay (beta2)", nonnegative_float)
+    eps: float = setting(1e-8, "AdamW's epsilon, added to the root of the second moment",
+                        nonnegative_float)
+    warmup_steps: int = setting(0, "linear warm-up of the learning rate from 0 over this many "
+                                "steps", nonnegative_int)
+    linear_decay: bool = setting(False, "decay the learning rate linearly to 0 at the last step")
+    grad_clip: float = setting(0.0, "clip the global gradient norm to this value (0: off)",
+                               nonnegative_float)
     # Run
-    seed: int = 11711
-    max_steps: int = 0                   # stop after this many steps in all (0 = no limit)
-    limit_train: int = 0                 # use the first N training examples of each task
-    limit_eval: int = 0                  # evaluate on the first N dev examples of each task
-    log_every: int = 50
-    nonfinite: str = "stop"              # on a non-finite loss: "stop" | "skip" the step
-    skip_bad_rows: bool = True           # skip (and list) malformed rows; --no-skip-bad-rows: fail
+    seed: int = setting(11711, "seed of the heads' initialisation, dropout and data order",
+                        nonnegative_int)
+    max_steps: int = setting(0, "stop after this many steps in all (0: no limit); dev scores are "
+                             "still computed", nonnegative_int)
+    limit_train: int = setting(0, "use only the first N training examples of each task (0: all)",
+                               nonnegative_int)
+    limit_eval: int = setting(0, "evaluate on the first N dev examples of each task (0: all)",
+                              nonnegative_int)
+    log_every: int = setting(50, "log the mean losses every N steps (the only device-to-host "
+                             "copy in the loop)", positive_int)
+    save_every: int = setting(500, "also checkpoint every N steps (0: only at epoch ends)",
+                              nonnegative_int)
+    nonfinite: str = setting("stop", "on a non-finite loss: 'stop' the run, or 'skip' the step "
+                             "and go on")
+    skip_bad_rows: bool = setting(True, "skip (and list) malformed data rows; "
+                                  "--no-skip-bad-rows: stop at the first one")
+    # Where the data is ("" = the default): recorded so that a run says what it read
+    data_dir: str = setting("", "folder with the CS224N files (default data/, else "
+                            "../shared/data)")
+    sst_train: str = setting("", "SST training file (overrides --data-dir)")
+    sst_dev: str = setting("", "SST dev file (overrides --data-dir)")
+    para_train: str = setting("", "Quora paraphrase training file (overrides --data-dir)")
+    para_dev: str = setting("", "Quora paraphrase dev file (overrides --data-dir)")
+    sts_train: str = setting("", "STS training file (overrides --data-dir)")
+    sts_dev: str = setting("", "STS dev file (overrides --data-dir)")
+    resume: bool = setting(False, "continue the run in --out from its newest intact checkpoint "
+                           "(same settings; see RESUMABLE_CHANGES for what may change)")
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -88,8 +155,13 @@ class TrainConfig:
                              f"{self.sst_phrases_min_words}")
         if self.sst_phrases and "sst" not in self.tasks:
             raise ValueError("sst_phrases adds SST training data: the tasks must include sst")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be at least 1")
+        for f in dataclasses.fields(self):  # the ranges the command line checks hold here too
+            check = f.metadata.get("type")
+            if check is not None:
+                try:
+                    check(str(getattr(self, f.name)))
+                except Exception as err:  # argparse.ArgumentTypeError
+                    raise ValueError(f"{f.name}: {err}") from None
         self.head_config()  # validates pooling and heads
 
     def compute_dtype(self, platform: str) -> str:
@@ -111,6 +183,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def data_overrides(self) -> dict[tuple[str, str], str]:
+        """{(task, split): file} for the file fields that are set."""
+        return {(t, s): getattr(self, f"{t}_{s}") for t in TASKS for s in ("train", "dev")
+                if getattr(self, f"{t}_{s}")}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -25,15 +25,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
-from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 from bert_jax.errors import BertJaxError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer
 from train import evaluate as eval_lib
-from bert_jax.checkpoints import RunCheckpoints, read_json, run_lock
-from train.config import PRESET_NOTES, PRESETS, TASKS, TrainConfig
+from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run_lock
+from train.config import PRESET_NOTES, PRESETS, RESUMABLE_CHANGES, TASKS, TrainConfig
 from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
 from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
@@ -41,8 +40,6 @@ from train.step import (check_divisible, create_state, make_mesh, make_optimizer
 
 log = logging.getLogger("train.multitask")
 
-# Fields that may change between a run and its --resume (they do not change the data order).
-RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "limit_eval", "eval_batch_size"}
 
 
 class TrainingError(BertJaxError, RuntimeError):
@@ -141,7 +138,7 @@ def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
                             ) from None
     now = cfg.to_dict()
     changed = {k: (saved[k], now[k]) for k in now
-               if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES}
+               if k in saved and saved[k] != now[k] and k not in RESUMABLE_CHANGES}
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise TrainingError(
@@ -178,20 +175,27 @@ def _nonfinite_message(record: dict, ids: dict[str, list[str]]) -> str:
 
 def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                        files: dict[tuple[str, str], Path] | None = None, *,
-                       data_dir: str | None = None, resume: bool = False, save_every: int = 500,
-                       progress: bool = True, run_data: RunData | None = None) -> dict:
+                       data_dir: str | None = None, resume: bool | None = None,
+                       save_every: int | None = None, progress: bool = True,
+                       run_data: RunData | None = None) -> dict:
     """Train `cfg` into `out_dir`; returns the final dev scores (and a few run facts).
 
-    One training at a time writes `out_dir` (a second one is refused: `run_lock`). `resume`
-    continues from the newest intact checkpoint in `out_dir/last` and refuses when there is none.
+    Data: `files` ({(task, split): path}), else `cfg`'s data fields. `data_dir`, `resume` and
+    `save_every`, when given, replace those fields of `cfg` (a shorthand for `cfg.replace`), so
+    `train_config.json` records what the run did. One training at a time writes `out_dir` (a
+    second one is refused: `run_lock`). `cfg.resume` continues from the newest intact
+    checkpoint in `out_dir/last` and refuses when there is none.
     """
+    given = {"data_dir": data_dir, "resume": resume, "save_every": save_every}
+    cfg = cfg.replace(**{k: v for k, v in given.items() if v is not None})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every process of a multi-host run writes the same folder; the first one holds the lock.
     lock = run_lock(out_dir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _train(cfg, out_dir, files or data_files(data_dir), resume=resume,
-                      save_every=save_every, progress=progress, run_data=run_data)
+        files = files or data_files(cfg.data_dir or None, cfg.data_overrides())
+        return _train(cfg, out_dir, files, resume=cfg.resume, save_every=cfg.save_every,
+                      progress=progress, run_data=run_data)
 
 
 def _load_encoder(cfg: TrainConfig, dtype: str):
@@ -412,123 +416,101 @@ def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch | 
 # ---------------------------------------------------------------------------------------------
 # Command line
 
-_HELP = {
-    "init": "pretrained encoder: 'all-MiniLM-L6-v2' (embedded default), a folder written by "
-            "`python -m bert_jax.convert`, or a HuggingFace BERT folder",
-    "pooling": "sentence embedding: 'cls' (pooler output) or 'mean' (masked mean)",
-    "para_head": "paraphrase head: 'diff' or 'concat'",
-    "sts_head": "STS head: 'linear' or 'cosine'",
-    "tasks": "comma-separated tasks to train (sst,para,sts); dev scores cover all three",
-    "mode": "'multitask' (one batch per task per step, summed loss) or 'sequential'",
-    "batch_size": "examples per task per step (global, split over devices)",
-    "epoch_steps": "multitask epoch length: 'max' or 'min' of the tasks' batch counts",
-    "dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16 "
-             "(parameters stay float32)",
-    "attention_impl": "jax.nn.dot_product_attention implementation: xla or cudnn (GPU, bf16)",
-    "max_steps": "stop after this many steps in all (0: no limit); dev scores still computed",
-    "limit_train": "use only the first N training examples of each task (0: all)",
-    "limit_eval": "evaluate on the first N dev examples of each task (0: all)",
-    "head_lr": "learning rate of the task heads (0: the same as --lr); fresh heads learn "
-               "slowly at the encoder's 1e-5",
-    "layer_lr_decay": "layer-wise learning-rate decay: the top encoder layer and the pooler "
-                      "train at --lr, each layer below at DECAY times the one above, the "
-                      "embeddings at DECAY ** layers (1: off)",
-    "nonfinite": "on a non-finite loss: 'stop' the run, or 'skip' the step and go on",
-    "pack": "pack each step's sentences into rows without padding between them (attention "
-            "stays within a sentence); --no-pack pads them to a shared length instead",
-    "pack_length": "length of packed rows; steps holding a longer sentence use --max-length",
-    "num_buckets": "number of static shapes per row length (packed) or padded lengths (each "
-                   "compiles once)",
-    "group_by_length": "with --no-pack: batch examples of similar length together",
-    "sst_phrases": "extra SST training data: a file of labelled phrases in the format of "
-                   "ids-sst-train.csv (e.g. ../shared/data/sst-train-phrases.csv); '' (default, "
-                   "the report's data): none; dev and test never include phrases",
-    "sst_phrases_count": "phrases (a seeded sample) that join the SST sentences; -1: as many "
-                         "as make SST as large as the largest training task, so the epoch "
-                         "length stays that of the sentences-only run",
-    "sst_phrases_min_words": "sample only phrases of at least this many words (shorter ones "
-                             "are mostly neutral fragments)",
-    "sst_phrases_match_labels": "sample phrases in the label proportions of the SST training "
-                                "sentences (the class prior stays that of the sentences); "
-                                "--no-sst-phrases-match-labels: a uniform sample",
-}
+def _field_type(field: dataclasses.Field):
+    if field.metadata.get("type") is not None:
+        return field.metadata["type"]
+    if field.name == "tasks":
+        return lambda text: tuple(x.strip() for x in text.split(",") if x.strip())
+    return {"int": int, "float": float, "str": str}[str(field.type)]
 
 
-# Numeric fields checked by the parser, before any work ("--batch-size 0" is refused at once).
-_RANGES = {
-    **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "pack_length", "num_buckets",
-                     "log_every"), positive_int),
-    **dict.fromkeys(("max_steps", "limit_train", "limit_eval", "warmup_steps", "seed"),
-                    nonnegative_int),
-    **dict.fromkeys(("head_lr", "weight_decay", "grad_clip", "dropout", "b1", "b2", "eps"),
-                    nonnegative_float),
-    "lr": positive_float, "layer_lr_decay": positive_float, "max_length": positive_int,
-}
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return repr(value) if value == "" else str(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
+                 ) -> argparse.ArgumentParser:
+    """The command line: one flag per `TrainConfig` field (its help from the field), each
+    defaulting to `base`'s value (the preset, or the `--config` file), shown in `--help`."""
+    base = base or PRESETS[base_name]
     parser = argparse.ArgumentParser(
         prog="python -m train.multitask",
         description="Fine-tune BERT on SST-5, Quora paraphrase and STS, with dev evaluation, "
-                    "checkpoints and resume. Presets reproduce the report's experiments; every "
-                    "field of the preset can be overridden by its flag.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "checkpoints and resume. A preset (or --config) gives every setting; each "
+                    "flag below overrides one.")
     parser.add_argument("--preset", default="more-epochs", choices=sorted(PRESETS),
-                        help="starting configuration: " + "; ".join(
+                        help="starting configuration (default more-epochs): " + "; ".join(
                             f"{k}: {v}" for k, v in PRESET_NOTES.items()))
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="start from a saved train_config.json instead of a preset; flags "
+                             "still override it")
     parser.add_argument("--out", default=None,
                         help="run folder (default checkpoints/PRESET)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its newest intact checkpoint")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
-    for task in TASKS:
-        for split in ("train", "dev"):
-            parser.add_argument(f"--{task}-{split}", default=None, metavar="FILE",
-                                help=f"{task} {split} file (overrides --data-dir)")
-    parser.add_argument("--save-every", type=nonnegative_int, default=500,
-                        help="also checkpoint every N steps (0: only at epoch ends)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    group = parser.add_argument_group("training configuration (default: the preset's value)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (plain log lines only)")
+    group = parser.add_argument_group(f"settings (default: {base_name}'s value)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kwargs = {"default": None, "help": _HELP.get(field.name, field.name.replace("_", " "))}
+        default = getattr(base, field.name)
+        kwargs = {"default": None,
+                  "help": f"{field.metadata['help']} (default {_shown(default)})"}
         if field.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif field.name == "tasks":
-            group.add_argument(flag, type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-                               **kwargs)
         else:
-            kind = _RANGES.get(field.name) or {"int": int, "float": float, "str": str}[str(field.type)]
-            group.add_argument(flag, type=kind, **kwargs)
+            group.add_argument(flag, type=_field_type(field), metavar=field.name.upper(),
+                               **kwargs)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _base_config(argv) -> tuple[TrainConfig, str]:
+    """The configuration the flags start from: `--config FILE`, else `--preset` (a first,
+    partial parse, so that `--help` can show the real defaults)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="more-epochs", choices=sorted(PRESETS))
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            return TrainConfig.from_dict(read_json(Path(known.config))).replace(resume=False), \
+                known.config
+        except FileNotFoundError:
+            raise TrainingError(f"--config {known.config}: no such file") from None
+        except (TypeError, ValueError) as err:
+            raise TrainingError(f"--config {known.config}: not a training configuration "
+                                f"({err})") from None
+    return PRESETS[known.preset], known.preset
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
-    return PRESETS[args.preset].replace(**overrides)
+    return (base or PRESETS[args.preset]).replace(**overrides)
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    try:
+        base, base_name = _base_config(sys.argv[1:] if argv is None else argv)
+    except (TrainingError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parser = build_parser(base, base_name)
     args = parser.parse_args(argv)
     # force=True: orbax/absl configure the root logger on import, which would silence ours.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, base)
     except ValueError as err:  # TrainConfig's validation names the field
         parser.error(str(err))
     out = args.out or f"checkpoints/{args.preset}"
     try:
         if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS"):
             jax.distributed.initialize()  # multi-host: one process per host, see README
-        files = data_files(args.data_dir, {(t, s): getattr(args, f"{t}_{s}")
-                                           for t in TASKS for s in ("train", "dev")})
+        files = data_files(cfg.data_dir or None, cfg.data_overrides())
         log.info("run %s: %s", out, json.dumps(cfg.to_dict()))
-        summary = train_and_evaluate(cfg, out, files, resume=args.resume,
-                                     save_every=args.save_every, progress=not args.no_progress)
+        summary = train_and_evaluate(cfg, out, files, progress=not args.no_progress)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 128 + err.signum

@@ -17,7 +17,8 @@ from bert_jax.checkpoints import RunCheckpoints, load_run
 from bert_jax.config import PRESETS as MODEL_PRESETS
 from bert_jax.heads import init_multitask_params
 from bert_jax.model import init_params
-from bert_jax.pretrained import embedded_model_dir
+from bert_jax.converted import save_converted
+from bert_jax.embedded import embedded_model_dir
 from train.config import PRESETS, TASKS, TrainConfig
 from train.multitask import TrainingError, data_files, main, train_and_evaluate
 
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_init(tmp_path_factory) -> Path:
     """A converted folder holding a tiny random BERT with the real uncased vocabulary."""
-    from bert_jax.convert import save_converted
     config = MODEL_PRESETS["tiny"]
     params = init_params(config, jax.random.PRNGKey(0))
     out = tmp_path_factory.mktemp("tiny") / "model"
@@ -137,7 +137,6 @@ def test_resume_refuses_a_changed_configuration(tiny_init, data_dir, tmp_path):
 
 def test_init_with_other_shapes_is_refused_on_resume(tiny_init, data_dir, tmp_path):
     """Same --init path, different model behind it: both shapes in the message."""
-    from bert_jax.convert import save_converted
     files = data_files(str(data_dir))
     model_dir = tmp_path / "model"
     save_converted(model_dir, init_params(MODEL_PRESETS["tiny"], jax.random.PRNGKey(1)),
