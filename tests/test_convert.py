@@ -18,11 +18,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from bert_jax import BertConfig, BertModel, Tokenizer, load_pretrained  # noqa: E402
-from bert_jax import convert, pretrained  # noqa: E402
-from bert_jax.convert import ConversionError, convert_checkpoint, convert_state_dict  # noqa: E402
+from bert_jax import convert, converted, embedded, pretrained  # noqa: E402
+from bert_jax.convert import convert_checkpoint, convert_state_dict  # noqa: E402
+from bert_jax.errors import ChecksumError, ConversionError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VOCAB = pretrained.embedded_model_dir() / "vocab.txt"
+VOCAB = embedded.embedded_model_dir() / "vocab.txt"
 TINY = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=128, max_position_embeddings=64)
 HEAD = ("sentiment_linear.weight", "sentiment_linear.bias")
@@ -243,17 +244,17 @@ def test_minbert_function(tmp_path, minbert_checkpoint, tiny_torch, batch, capsy
     assert "vocab:" in printed  # fell back to bert-base-uncased's vocab, and said so
     assert config.num_attention_heads == 4  # from model_config
     assert_matches_torch(tiny_torch, config, params, batch)
-    loaded_config, loaded = convert.load_converted(tmp_path / "out")
+    loaded_config, loaded = converted.load_converted(tmp_path / "out")
     assert loaded_config == config
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     with pytest.raises(FileExistsError):
-        convert.save_converted(tmp_path / "out", params, config, VOCAB)
+        converted.save_converted(tmp_path / "out", params, config, VOCAB)
 
 
 # ---------------------------------------------------------------- the embedded default
 
 def test_default_sha_mismatch(tmp_path, monkeypatch):
-    src = pretrained.embedded_model_dir()
+    src = embedded.embedded_model_dir()
     copy = tmp_path / "model"
     copy.mkdir()
     for item in src.iterdir():
@@ -263,11 +264,11 @@ def test_default_sha_mismatch(tmp_path, monkeypatch):
     data[len(data) // 2] ^= 0xFF
     (copy / "model.safetensors").write_bytes(data)
     monkeypatch.setattr(pretrained, "embedded_model_dir", lambda: copy)
-    with pytest.raises(pretrained.ChecksumError) as err:
+    with pytest.raises(ChecksumError) as err:
         load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path / "cache")
     message = str(err.value)
     assert str(copy / "model.safetensors") in message
-    assert pretrained.DEFAULT_MODEL_SHA256 in message
+    assert embedded.DEFAULT_MODEL_SHA256 in message
     assert pretrained.file_sha256(copy / "model.safetensors") in message
     assert not (tmp_path / "cache").exists()
 
@@ -275,7 +276,7 @@ def test_default_sha_mismatch(tmp_path, monkeypatch):
 def test_default_second_load_uses_cache(default_model, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("converted again instead of loading the cache")
-    monkeypatch.setattr(convert, "convert_checkpoint", refuse)
+    monkeypatch.setattr(pretrained, "convert_checkpoint", refuse)
     config, params = load_pretrained("all-MiniLM-L6-v2", dtype="bfloat16")
     assert config.dtype == "bfloat16" and config.replace(dtype="float32") == default_model[0]
     jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
@@ -296,7 +297,7 @@ def test_default_corrupt_cache_is_rebuilt(tmp_path, default_model, bert_jax_cach
         _, params = load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path)
     jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
     assert json.loads((damaged / "conversion.json").read_text())["params_crc32"] != "00000000"
-    convert.load_converted(damaged)  # rebuilt and intact
+    converted.load_converted(damaged)  # rebuilt and intact
 
 
 def test_overwrite_never_deletes_the_source_or_the_working_folder(tmp_path, tiny_torch,

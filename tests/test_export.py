@@ -20,8 +20,10 @@ from flax import traverse_util
 from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 
-from bert_jax import convert, export
+from bert_jax import convert, converted, export
 from bert_jax.api import MultitaskModel
+from bert_jax.checkpoint_files import read_config
+from bert_jax.errors import ExportError
 from bert_jax.export import main
 from bert_jax.tokenizer import Tokenizer
 
@@ -98,11 +100,11 @@ def test_config_is_a_standard_bert_config(default_export, minilm):
     hf = transformers.BertConfig.from_pretrained(default_export)
     for name in export.HF_CONFIG_FIELDS:
         assert getattr(hf, name) == getattr(minilm.config, name), name
-    assert convert.read_config(default_export / "config.json") == minilm.config
+    assert read_config(default_export / "config.json") == minilm.config
     info = json.loads((default_export / "export.json").read_text())
     assert info["source_kind"] == "default" and info["format"] == "sentence-transformers"
     assert not (default_export / "heads.safetensors").exists()  # no trained heads
-    with pytest.raises(export.ExportError, match="from_pretrained"):
+    with pytest.raises(ExportError, match="from_pretrained"):
         MultitaskModel.load(default_export)
 
 
@@ -171,7 +173,7 @@ def test_run_export_loads_back_with_identical_heads(run_export, run_model):
 
 def test_convert_cli_reads_an_export_back_exactly(run_export, run_model, tmp_path):
     assert convert.main([str(run_export), str(tmp_path / "converted")]) == 0
-    config, params = convert.load_converted(tmp_path / "converted")
+    config, params = converted.load_converted(tmp_path / "converted")
     assert config.shape_dict() == run_model.config.shape_dict()
     assert_same_tree(params, run_model.params["bert"])
 
@@ -204,10 +206,10 @@ def test_encoder_without_pooler(tmp_path, capsys):
     import jax
     from bert_jax import BertModel, init_params, mean_pool
     from bert_jax.config import PRESETS
-    from bert_jax.pretrained import embedded_model_dir
+    from bert_jax.embedded import embedded_model_dir
     config = PRESETS["tiny"]
     params = init_params(config, jax.random.PRNGKey(1), add_pooling_layer=False)
-    convert.save_converted(tmp_path / "src", params, config, embedded_model_dir() / "vocab.txt")
+    converted.save_converted(tmp_path / "src", params, config, embedded_model_dir() / "vocab.txt")
     code, _, err = run([tmp_path / "src", tmp_path / "out", "--format", "sentence-transformers"],
                        capsys)
     assert code == 0 and "warning: the model has no pooler" in err
