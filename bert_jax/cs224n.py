@@ -311,3 +311,14 @@ def load_split(path: str | os.PathLike, task: str, *, labeled: bool = True,
     """
     return load_split_with_report(path, task, labeled=labeled, skip_bad_rows=skip_bad_rows)[0]
 
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """Every row's id, in file order, as `csv.DictReader` reads the file (no validation): what a
+    prediction file must cover, bad rows included."""
+    path = Path(path)
+    header, records = _iter_records(path, _read_text(path))
+    pos = {name: i for i, name in enumerate(header or [])}
+    if "id" not in pos:
+        raise data_error(path, 1, "no id column", "Pass a CS224N file of this task")
+    return [row[pos["id"]].strip() if len(row) > pos["id"] else "" for _, _, row in records]

@@ -20,26 +20,28 @@ from bert_jax.batching import (batch_labels, bucket_length, choose_buckets, epoc
                                make_batch, padding_waste)
 from bert_jax.cs224n import (SKIP_HINT, SPLITS, TASKS, DataError, check_task, data_error,
                              default_file, find_data_dir, is_pair_task, load_split,
-                             load_split_with_report)
+                             load_split_with_report, read_ids)
 from bert_jax.task_data import TaskData, task_data
 from bert_jax.token_cache import cache_key, count_truncated, default_cache_dir, tokenize_split
 
 __all__ = ["SPLITS", "TASKS", "DataError", "TaskData", "batch_labels", "bucket_length",
            "cache_key", "choose_buckets", "count_truncated", "default_cache_dir", "default_file",
            "epoch_order", "find_data_dir", "is_pair_task", "load_split", "load_split_with_report",
-           "load_task", "make_batch", "padding_waste", "task_data", "tokenize_split"]
+           "load_task", "make_batch", "padding_waste", "read_ids", "task_data",
+           "tokenize_split"]
 
 logger = logging.getLogger("bert_jax.data")
 
 
 def load_task(data_dir_or_file: str | os.PathLike | None, task: str, split: str, tokenizer,
               max_length: int = 128, limit: int | None = None, skip_bad_rows: bool = False,
-              cache_dir: str | os.PathLike | None | bool = None) -> TaskData:
+              cache_dir: str | os.PathLike | None | bool = None,
+              labeled: bool | None = None) -> TaskData:
     """Load, validate, tokenize (cached) and view one split in one call.
 
     `data_dir_or_file`: a CSV file, or a folder holding the CS224N file of (`task`, `split`), or
-    None for `find_data_dir()`. The test split is loaded without labels. `limit`: keep the first
-    `limit` rows.
+    None for `find_data_dir()`. `labeled`: read the label column (default: every split but
+    test). `limit`: keep the first `limit` rows.
     """
     check_task(task)
     name = default_file(task, split)
@@ -49,7 +51,8 @@ def load_task(data_dir_or_file: str | os.PathLike | None, task: str, split: str,
             raise DataError(f"{path}: task {task!r} has no {split} file (the CS224N data has no "
                             "Quora test split). Pass a file path instead")
         path = path / name
-    ds, skipped = load_split_with_report(path, task, labeled=split != "test",
+    labeled = split != "test" if labeled is None else labeled
+    ds, skipped = load_split_with_report(path, task, labeled=labeled,
                                          skip_bad_rows=skip_bad_rows)
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))

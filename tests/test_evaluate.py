@@ -30,3 +30,44 @@ def test_numbers_out_of_range_are_refused(tool, flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         tool.main([str(tmp_path / "run"), flag, value])
     assert info.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+
+
+def _head(src, dst, lines):
+    with src.open(newline="", encoding="utf-8") as f:
+        dst.write_text("".join(f.readline() for _ in range(lines)), encoding="utf-8")
+
+
+def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_path):
+    """Rows without a label are predicted from their text; a row without text gets the
+    fallback prediction; scores use the labeled rows only."""
+    import csv
+    from bert_jax import data as data_lib
+    small = tmp_path / "data"
+    small.mkdir()
+    for task in data_lib.TASKS:
+        for split in ("dev", "test"):
+            name = data_lib.default_file(task, split)
+            if name:
+                _head(data_dir / name, small / name, 21)
+    with (small / "quora-dev.csv").open("a", encoding="utf-8") as f:
+        f.write("20\tnolabel\thow old are you?\twhat is your age?\t\n")
+        f.write("21\tnotext\twhat is this?\t\t\n")
+    out = tmp_path / "predictions"
+    scores = evaluate.evaluate_run(tiny_run, out, data_dir=str(small), progress=False)
+    for task in data_lib.TASKS:
+        for split in ("dev", "test"):
+            name = data_lib.default_file(task, split)
+            if not name:
+                continue
+            with (small / name).open(newline="", encoding="utf-8") as f:
+                want = [r["id"].strip() for r in csv.DictReader(f, delimiter="\t")]
+            lines = (out / f"{task}-{split}-output.csv").read_text().splitlines()[1:]
+            got = [line.split(" , ")[0] for line in lines]
+            assert got == want, (task, split)
+    para = dict(line.split(" , ") for line in
+                (out / "para-dev-output.csv").read_text().splitlines()[1:])
+    assert para["notext"].strip() == str(evaluate.FALLBACK_PREDICTION["para"])
+    assert 0.0 <= scores["para_acc"] <= 1.0  # 20 labeled rows
+    gold = data_lib.load_task(small / "quora-dev.csv", "para", "dev", evaluate.Tokenizer(
+        tiny_run / "vocab.txt"), max_length=32, skip_bad_rows=True)
+    assert len(gold) == 20

@@ -106,10 +106,36 @@ def write_predictions(path: Path, task: str, ids: list[str], predictions: np.nda
             f.write(f"{i} , {value} \n")
 
 
+# What a row that cannot be scored at all (no usable text) is predicted: the neutral class, "not
+# a paraphrase" (the majority class), the middle of the similarity scale.
+FALLBACK_PREDICTION = {"sst": 2, "para": 0, "sts": 2.5}
+
+
+def _predict_every_row(evaluator: Evaluator, params, path: Path, task: str, tokenizer,
+                       max_length: int, limit: int, progress: bool
+                       ) -> tuple[list[str], np.ndarray, dict[str, int], np.ndarray]:
+    """(every id of the file in order, a prediction per id, {id: row of the predicted rows},
+    the predicted rows' raw outputs).
+
+    Every row with text is predicted, labeled or not; a row without usable text gets
+    `FALLBACK_PREDICTION`, so a prediction file covers every id of its input.
+    """
+    data = data_lib.load_task(path, task, "test", tokenizer, max_length=max_length,
+                              limit=limit or None, skip_bad_rows=True, labeled=False)
+    outputs = evaluator.outputs(params, data, task, progress)
+    preds = to_predictions(task, outputs)
+    ids = data_lib.read_ids(path)[:limit or None]
+    index = {ex_id: i for i, ex_id in enumerate(data.example_ids)}
+    every = np.array([preds[index[i]] if i in index else FALLBACK_PREDICTION[task] for i in ids],
+                     preds.dtype)
+    return ids, every, index, outputs
+
+
 def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None = None,
                  which: str = "best", batch_size: int = 64, limit: int = 0,
                  progress: bool = True) -> dict:
-    """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir`."""
+    """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir` holding
+    every id of their input file (see `FALLBACK_PREDICTION`)."""
     run = load_run(run_dir, which)
     max_length = int(json.loads((run.run_dir / "train_config.json").read_text())["max_length"])
     out_dir = Path(out_dir)
@@ -117,24 +143,24 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
     base = data_lib.find_data_dir(data_dir)
     tokenizer = Tokenizer(run.vocab_file)
     model = MultitaskBert(run.bert_config, run.heads)
-    splits = {}
+    evaluator = Evaluator(model, make_mesh(), batch_size)
+    dev_outputs, dev_predictions, gold = {}, {}, {}
     for task in data_lib.TASKS:
         for split in ("dev", "test"):
             name = data_lib.default_file(task, split)
-            if name and (base / name).exists():
-                splits[task, split] = data_lib.load_task(
-                    base / name, task, split, tokenizer, max_length=max_length,
-                    limit=limit or None, skip_bad_rows=True)
-    evaluator = Evaluator(model, make_mesh(), batch_size)
-    dev_outputs, dev_predictions = {}, {}
-    for (task, split), data in splits.items():
-        outputs = evaluator.outputs(run.params, data, task, progress)
-        preds = to_predictions(task, outputs)
-        write_predictions(out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv", task,
-                          data.example_ids, preds)
-        if split == "dev":
-            dev_outputs[task], dev_predictions[task] = outputs, preds
-    gold = {t: splits[t, "dev"] for t in dev_predictions}
+            if not name or not (base / name).exists():
+                continue
+            ids, preds, index, outputs = _predict_every_row(
+                evaluator, run.params, base / name, task, tokenizer, max_length, limit, progress)
+            write_predictions(out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv", task,
+                              ids, preds)
+            if split == "dev":  # scored on the rows with a valid label
+                gold[task] = data_lib.load_task(base / name, task, split, tokenizer,
+                                                max_length=max_length, limit=limit or None,
+                                                skip_bad_rows=True)
+                rows = np.array([index[i] for i in gold[task].example_ids])
+                dev_outputs[task] = outputs[rows]
+                dev_predictions[task] = to_predictions(task, dev_outputs[task])
     scores = score_predictions(dev_predictions, gold)
     write_eval_plots(out_dir, dev_outputs, {t: d.labels for t, d in gold.items()})
     scores["checkpoint_step"] = run.meta.get("step")
