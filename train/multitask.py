@@ -500,6 +500,7 @@ def main(argv=None) -> int:
     # force=True: orbax/absl configure the root logger on import, which would silence ours.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
     try:
         cfg = config_from_args(args, base)
     except ValueError as err:  # TrainConfig's validation names the field
