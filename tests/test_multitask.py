@@ -426,3 +426,20 @@ def test_the_first_interrupt_is_acknowledged_and_a_second_stops_at_once(capsys):
                 capsys.readouterr().err
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
+
+
+def test_resume_refuses_a_new_length_when_the_schedule_depends_on_it(tiny_init, data_dir,
+                                                                     tmp_path):
+    """--linear-decay ends at the run's last step: a resume that changes the length would not
+    reach the uninterrupted run's parameters, so it is refused (a constant rate may change)."""
+    files = data_files(str(data_dir))
+    decayed = tiny_config(tiny_init, linear_decay=True, max_steps=7)
+    train_and_evaluate(decayed, tmp_path / "decay", files, progress=False, save_every=3)
+    with pytest.raises(TrainingError, match=r"max_steps: 7 -> 0.*--linear-decay"):
+        train_and_evaluate(decayed.replace(max_steps=0), tmp_path / "decay", files,
+                           progress=False, resume=True)
+    constant = tiny_config(tiny_init, max_steps=3)
+    train_and_evaluate(constant, tmp_path / "constant", files, progress=False, save_every=3)
+    train_and_evaluate(constant.replace(max_steps=5), tmp_path / "constant", files,
+                       progress=False, resume=True)
+    assert RunCheckpoints(tmp_path / "constant").latest_step() == 5

@@ -137,13 +137,18 @@ def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
                             f"({err}). Restore the file, or start a new run in another --out"
                             ) from None
     now = cfg.to_dict()
-    changed = {k: (saved[k], now[k]) for k in now
-               if k in saved and saved[k] != now[k] and k not in RESUMABLE_CHANGES}
+    # --linear-decay's schedule ends at the run's last step: its length may not change.
+    schedule_bound = {"epochs", "max_steps"} if cfg.linear_decay else set()
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]
+               and (k not in RESUMABLE_CHANGES or k in schedule_bound)}
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        why = (" (--linear-decay decays the learning rate to 0 at the run's last step, so "
+               "--epochs and --max-steps must stay those of the run)"
+               if schedule_bound & set(changed) else "")
         raise TrainingError(
-            f"{saved_path}: --resume with a different configuration ({detail}). Resume with the "
-            "same flags, or start a new run in another --out folder")
+            f"{saved_path}: --resume with a different configuration ({detail}){why}. Resume "
+            "with the same flags, or start a new run in another --out folder")
 
 
 def _check_model_shapes(out_dir: Path, bert_config, tokenizer: Tokenizer, init: str,
