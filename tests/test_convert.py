@@ -13,9 +13,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = require("torch")
+transformers = require("transformers")
 
 from bert_jax import BertConfig, BertModel, Tokenizer, load_pretrained  # noqa: E402
 from bert_jax import convert, converted, embedded, pretrained  # noqa: E402

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = require("torch")
+transformers = require("transformers")
 
 from bert_jax import BertModel, Tokenizer, load_pretrained, mean_pool  # noqa: E402
 from bert_jax.convert import main as convert_main  # noqa: E402

@@ -10,8 +10,9 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import require
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 
 from bert_jax import Tokenizer  # noqa: E402
 from bert_jax.pretrained import embedded_model_dir  # noqa: E402
