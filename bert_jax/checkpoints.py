@@ -1,5 +1,10 @@
 """Training-run folders: orbax checkpoints: `last/` (every save) and `best/` (best dev score so far).
 
+`last/` holds whole training states (parameters, optimizer moments, step, rng: what `--resume`
+needs), the newest `keep_last` of them. `best/` needs only what inference and export read: the
+parameters (`save_best`), a third of a whole state with AdamW. `load_run` reads both layouts
+(older runs saved a whole state into `best/` too).
+
 Orbax writes each step into a temporary folder and renames it when complete, so a kill during a
 save leaves the previous checkpoint intact. Restoring walks back from the newest step and skips
 any that fail to load (naming them), so a damaged checkpoint costs at most one save interval.
@@ -96,27 +101,41 @@ class RunCheckpoints:
         self.best = _manager(self.run_dir / "best", 1, read_only)
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
-        """Save `state` and JSON `meta` at `step` into `last/` (and `best/` when `best`).
+        """Save `state` and JSON `meta` at `step` into `last/` (and, when `best`, the whole
+        `state` into `best/` too: prefer `save_best`, which keeps only the parameters).
 
         A checkpoint already at `step` (say a damaged one that a resumed run went back past) is
         replaced. A write that fails (disk full, permissions) raises CheckpointError naming the
         folder; the previous checkpoints stay intact.
         """
+        self._write(self.last, step, state, meta)
+        if best:
+            self._write(self.best, step, state, meta)
+
+    def save_best(self, step: int, params: Any, meta: dict) -> None:
+        """Save the parameters `params` (a `TrainState`'s `.params`) and JSON `meta` at `step`
+        into `best/`, replacing the previous best: no optimizer state, which nothing restores
+        from `best/` (inference and export read the parameters; `--resume` reads `last/`).
+
+        Stored as the tree `{"params": params}`, the layout of a whole state's parameters, so
+        readers find them at the same place in old and new runs.
+        """
+        self._write(self.best, step, {"params": params}, meta)
+
+    def _write(self, manager, step: int, tree: Any, meta: dict) -> None:
         if self.read_only:
             raise CheckpointError(f"{self.run_dir}: opened read-only; cannot save")
-        managers = [self.last] + ([self.best] if best else [])
-        for manager in managers:
-            try:
-                if step in manager.all_steps():
-                    manager.delete(step)
-                manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           meta=ocp.args.JsonSave(meta)))
-                manager.wait_until_finished()
-            except OSError as err:
-                raise CheckpointError(
-                    f"{manager.directory}: could not write the checkpoint of step {step} "
-                    f"({err.strerror or err}). Free disk space or fix the folder's permissions, "
-                    "then continue with --resume from the previous checkpoint") from err
+        try:
+            if step in manager.all_steps():
+                manager.delete(step)
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                       meta=ocp.args.JsonSave(meta)))
+            manager.wait_until_finished()
+        except OSError as err:
+            raise CheckpointError(
+                f"{manager.directory}: could not write the checkpoint of step {step} "
+                f"({err.strerror or err}). Free disk space or fix the folder's permissions, "
+                "then continue with --resume from the previous checkpoint") from err
 
     def restore(self, target: Any, which: str = "last", step: int | None = None):
         """Newest intact checkpoint of `which` as (state shaped like `target`, meta, step).
@@ -164,7 +183,9 @@ class RunFiles:
 def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
     """Parameters and configs of a training run folder (`which`: "best" or "last").
 
-    Falls back from "best" to "last" when the run has no best checkpoint yet.
+    Falls back from "best" to "last" when the run has no best checkpoint yet. Reads a `best/`
+    holding only the parameters (`save_best`) and one holding a whole training state (older
+    runs) alike: both keep the parameters under "params".
     """
     run_dir = Path(run_dir)
     for name in ("config.json", "train_config.json", "vocab.txt"):

@@ -146,3 +146,46 @@ def test_load_run_names_what_is_damaged(tiny_run, tmp_path):
     (run / "train_config.json").write_text('{"pooling": "mean", ')  # cut short
     with pytest.raises(CheckpointError, match=r"train_config.json: not valid JSON"):
         load_run(run, "last")
+
+
+def test_save_best_keeps_only_the_parameters(tmp_path):
+    full = {**state(3), "opt_state": {"mu": jnp.ones((3, 2)), "nu": jnp.ones((3, 2))}}
+    ckpts = RunCheckpoints(tmp_path)
+    ckpts.save(3, full, {"step": 3})
+    ckpts.save_best(3, full["params"], {"step": 3, "overall": 0.5})
+    restored, meta, step = ckpts.restore(None, "best")
+    assert step == 3 and meta == {"step": 3, "overall": 0.5}
+    assert set(restored) == {"params"}  # no optimizer moments, no step counter
+    np.testing.assert_array_equal(restored["params"]["w"], np.full((3, 2), 3.0))
+    ckpts.save_best(5, state(5)["params"], {"step": 5})  # replaces the previous best
+    assert ckpts.best.all_steps() == [5]
+    with pytest.raises(CheckpointError, match="read-only"):
+        RunCheckpoints(tmp_path, read_only=True).save_best(6, state(6)["params"], {})
+
+
+def test_load_run_reads_old_and_new_best_checkpoints(tiny_run, tmp_path):
+    """Older runs saved a whole training state into best/; new ones only the parameters
+    (`save_best`). load_run, and so MultitaskModel.load and the export, read both alike."""
+    import shutil
+    from bert_jax.checkpoints import load_run
+    old = load_run(tiny_run, "best")
+    whole, _, _ = RunCheckpoints(tiny_run, read_only=True).restore(None, "best")
+    assert "opt_state" in whole  # tiny_run's best/ holds a whole state (the old layout)
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "best")
+    ckpts = RunCheckpoints(run)
+    ckpts.save_best(old.meta["step"], old.params, old.meta)
+    ckpts.close()
+    restored, _, _ = RunCheckpoints(run, read_only=True).restore(None, "best")
+    assert set(restored) == {"params"}
+    new = load_run(run, "best")
+    assert new.meta == old.meta
+    flat_old = jax.tree_util.tree_leaves_with_path(old.params)
+    flat_new = dict(jax.tree_util.tree_leaves_with_path(new.params))
+    assert len(flat_old) == len(flat_new)
+    for path, leaf in flat_old:
+        np.testing.assert_array_equal(flat_new[path], leaf)
+    # every array saved is a parameter (a whole AdamW state holds three per parameter)
+    assert len(jax.tree.leaves(restored)) == len(flat_old) < len(jax.tree.leaves(whole)) / 2
