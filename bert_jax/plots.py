@@ -9,6 +9,9 @@ output path and returns it as a `Path`.
 - `sst_confusion(pred, gold, out_png)`, `para_histograms(prob, gold, out_png)`,
   `sts_scatter(pred, gold, out_png)`: one task's dev predictions against gold labels.
 - `write_run_plots(run_dir)`, `write_eval_plots(out_dir, outputs, gold)`: all of the above.
+
+Every figure draws a task in its colour of `TASK_COLORS` (its loss, its dev metric, its
+prediction plot), and the sum of the losses / the overall score in `TASK_COLORS["all"]`.
 """
 from __future__ import annotations
 
@@ -19,10 +22,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 SST_CLASSES = ("very neg", "neg", "neutral", "pos", "very pos")
-_TASK_LOSSES = (("loss_sst", "SST (cross-entropy)"), ("loss_para", "paraphrase (BCE)"),
-                ("loss_sts", "STS (MSE)"))
-_DEV_METRICS = (("sst_acc", "SST accuracy"), ("para_acc", "paraphrase accuracy"),
-                ("sts_r", "STS Pearson r"), ("overall", "overall"))
+# One colour per task in every figure; "all": the sum of the task losses and the overall score.
+TASK_COLORS = {"sst": "tab:blue", "para": "tab:orange", "sts": "tab:green", "all": "black"}
+_TASK_CMAPS = {"sst": "Blues"}  # the SST confusion matrix: shades of SST's colour
+# (key in the logs, legend label, task)
+_TASK_LOSSES = (("loss", "sum of task losses", "all"), ("loss_sst", "SST (cross-entropy)", "sst"),
+                ("loss_para", "paraphrase (BCE)", "para"), ("loss_sts", "STS (MSE)", "sts"))
+_DEV_METRICS = (("sst_acc", "SST accuracy", "sst"), ("para_acc", "paraphrase accuracy", "para"),
+                ("sts_r", "STS Pearson r", "sts"), ("overall", "overall", "all"))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -58,27 +65,33 @@ def training_curves(run_dir: str | Path, out_png: str | Path) -> Path:
     Reads `run_dir/train_log.jsonl` (required) and `run_dir/metrics.jsonl` (optional: a run
     stopped before its first evaluation has none). Tasks a run did not train are left out.
     """
+    return _save(training_curves_figure(run_dir), out_png)
+
+
+def training_curves_figure(run_dir: str | Path) -> Figure:
+    """The figure of `training_curves`, not yet saved."""
     run_dir = Path(run_dir)
     log = _read_jsonl(run_dir / "train_log.jsonl")
     metrics_path = run_dir / "metrics.jsonl"
     dev = _read_jsonl(metrics_path) if metrics_path.is_file() else []
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_dev = fig.subplots(1, 2)
-    for key, label in (("loss", "sum of task losses"),) + _TASK_LOSSES:
+    for key, label, task in _TASK_LOSSES:
         points = [(r["step"], r[key]) for r in log if key in r and np.isfinite(r[key])]
         if points:
             x, y = zip(*points)
             ax_loss.plot(x, y, marker="." if len(points) < 30 else None, label=label,
-                         linestyle="--" if key == "loss" else "-")
+                         color=TASK_COLORS[task], linestyle="--" if key == "loss" else "-")
     ax_loss.set(xlabel="step", ylabel="training loss", title="Training loss")
     ax_loss.grid(alpha=0.3)
     if log:
         ax_loss.legend(fontsize="small")
-    for key, label in _DEV_METRICS:
+    for key, label, task in _DEV_METRICS:
         points = [(r["epoch"], r[key]) for r in dev if key in r]
         if points:
             x, y = zip(*points)
-            ax_dev.plot(x, y, marker="o", label=label)
+            ax_dev.plot(x, y, marker="o", label=label, color=TASK_COLORS[task],
+                        linestyle="--" if task == "all" else "-")
     best = [r for r in dev if r.get("best")]
     if best and "overall" in best[-1]:
         ax_dev.axvline(best[-1]["epoch"], color="grey", linestyle=":", label="best checkpoint")
@@ -90,7 +103,7 @@ def training_curves(run_dir: str | Path, out_png: str | Path) -> Path:
         ax_dev.text(0.5, 0.5, "no dev evaluation yet", ha="center", va="center",
                     transform=ax_dev.transAxes)
     fig.suptitle(run_dir.name)
-    return _save(fig, out_png)
+    return fig
 
 
 def sst_confusion(pred, gold, out_png: str | Path) -> Path:
@@ -102,7 +115,7 @@ def sst_confusion(pred, gold, out_png: str | Path) -> Path:
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig = Figure(figsize=(5.5, 4.8))
     ax = fig.subplots()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(share, cmap=_TASK_CMAPS["sst"], vmin=0, vmax=1)
     for i in range(5):
         for j in range(5):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center",
@@ -122,7 +135,7 @@ def sts_scatter(pred, gold, out_png: str | Path) -> Path:
     r = pearson(pred, gold) if pred.size >= 2 else float("nan")
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
-    ax.scatter(gold, pred, s=8, alpha=0.5)
+    ax.scatter(gold, pred, s=8, alpha=0.5, color=TASK_COLORS["sts"])
     ax.plot([0, 5], [0, 5], color="grey", linestyle="--", linewidth=1)
     ax.set(xlabel="gold similarity", ylabel="predicted similarity",
            title=f"STS (Pearson r {r:.3f}, n={pred.size})")
@@ -137,9 +150,11 @@ def para_histograms(prob, gold, out_png: str | Path) -> Path:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     bins = np.linspace(0, 1, 26)
-    for value, label in ((0, "not paraphrase (gold 0)"), (1, "paraphrase (gold 1)")):
+    for value, label, color in ((0, "not paraphrase (gold 0)", "tab:gray"),
+                                (1, "paraphrase (gold 1)", TASK_COLORS["para"])):
         count = int((gold == value).sum())
-        ax.hist(prob[gold == value], bins=bins, alpha=0.6, label=f"{label}: {count}")
+        ax.hist(prob[gold == value], bins=bins, alpha=0.6, label=f"{label}: {count}",
+                color=color)
     ax.axvline(0.5, color="grey", linestyle=":")
     acc = float(np.mean((prob > 0.5) == (gold == 1))) if prob.size else float("nan")
     ax.set(xlabel="predicted probability of paraphrase", ylabel="pairs",

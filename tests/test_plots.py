@@ -67,3 +67,38 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     before = matplotlib.get_backend()
     plots.sst_confusion([0], [0], tmp_path / "c.png")
     assert matplotlib.get_backend() == before
+
+
+def test_each_task_has_one_colour_in_every_plot(tiny_run, tmp_path, monkeypatch):
+    """A task's loss, its dev metric and its prediction plot share TASK_COLORS[task]."""
+    from matplotlib.colors import to_rgba
+    label_task = {label: task for _, label, task in plots._TASK_LOSSES + plots._DEV_METRICS}
+    fig = plots.training_curves_figure(tiny_run)
+    seen = {}
+    for ax in fig.axes[:2]:
+        for line in ax.get_lines():
+            if line.get_label() in label_task:
+                task = label_task[line.get_label()]
+                seen.setdefault(task, []).append(to_rgba(line.get_color()))
+    assert set(seen) == {"sst", "para", "sts", "all"}
+    for task, colours in seen.items():
+        assert len(colours) == 2, task  # one line per panel: its loss and its dev metric
+        assert set(colours) == {to_rgba(plots.TASK_COLORS[task])}, task
+    assert len({to_rgba(c) for c in plots.TASK_COLORS.values()}) == len(plots.TASK_COLORS)
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda f, out: figures.append(f) or save(f, out))
+    rng = np.random.default_rng(0)
+    plots.write_eval_plots(tmp_path, {"sst": rng.normal(size=(20, 5)),
+                                      "para": rng.normal(size=20), "sts": rng.uniform(0, 5, 20)},
+                           {"sst": rng.integers(0, 5, 20), "para": rng.integers(0, 2, 20),
+                            "sts": rng.uniform(0, 5, 20)})
+    sst, para, sts = (f.axes[0] for f in figures)
+    assert sst.images[0].get_cmap().name == plots._TASK_CMAPS["sst"] == "Blues"
+    assert to_rgba(plots.TASK_COLORS["sst"])[2] > 0.5  # Blues for a blue task
+    paraphrase_bars = [p for p in para.patches if p.get_label().startswith("paraphrase")]
+    assert paraphrase_bars and all(p.get_facecolor()[:3] == to_rgba(plots.TASK_COLORS["para"])[:3]
+                                   for p in paraphrase_bars)
+    assert tuple(sts.collections[0].get_facecolor()[0][:3]) == to_rgba(
+        plots.TASK_COLORS["sts"])[:3]
