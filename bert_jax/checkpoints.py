@@ -79,12 +79,19 @@ class _NoCheckpoints:
 def _manager(directory: Path, keep: int, read_only: bool = False):
     if read_only and not directory.is_dir():
         return _NoCheckpoints(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory.resolve(), options=options,
-                                 item_names=("state", "meta"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only)
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    if read_only:  # orbax warns "Given directory is read only" for every reader: expected here
+        absl_log.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(directory.resolve(), options=options,
+                                     item_names=("state", "meta"))
+    finally:
+        absl_log.setLevel(level)
 
 
 class RunCheckpoints:
@@ -178,6 +185,7 @@ class RunFiles:
     vocab_file: Path
     params: Any
     meta: dict
+    which: str = "best"  # the checkpoint loaded: "last" when a run has no best/ yet
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
@@ -211,7 +219,20 @@ def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
     heads = HeadConfig(**{f.name: train_config[f.name] for f in dataclasses.fields(HeadConfig)
                           if f.name in train_config})
     return RunFiles(run_dir, BertConfig.from_json(run_dir / "config.json"), heads,
-                    run_dir / "vocab.txt", state["params"], meta)
+                    run_dir / "vocab.txt", state["params"], meta, which)
+
+
+def newest_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[str, int | None]:
+    """(which, step) of the checkpoint `load_run(run_dir, which)` loads when it is intact: the
+    newest step of `best/`, or of `last/` when the run has no best yet. Reads only the folder
+    names (no parameters); step None when there is no checkpoint."""
+    checkpoints = RunCheckpoints(run_dir, read_only=True)
+    try:
+        if which == "best" and checkpoints.latest_step("best") is None:
+            which = "last"
+        return which, checkpoints.latest_step(which)
+    finally:
+        checkpoints.close()
 
 
 def read_json(path: Path) -> dict:

@@ -4,14 +4,20 @@
 pairs); the cache file's key hashes the split's content, the tokenizer and `max_length`, so a
 second call with the same inputs reads the file. An unwritable cache folder falls back to memory
 and a damaged cache file is rebuilt, each with a warning naming it.
+
+Progress: `datasets`' own "tokenizing" bar shows only where a bar draws in place (`live_progress`:
+a terminal or a notebook); written to a file (CI, `nohup`, a cluster job) it is off, and a
+single log line says what is being tokenized instead.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import datasets
@@ -20,6 +26,34 @@ import numpy as np
 logger = logging.getLogger("bert_jax.data")
 
 _CACHE_VERSION = "1"
+
+
+# ------------------------------------------------------------------------------ progress
+
+def live_progress(stream=None) -> bool:
+    """Whether a progress bar can draw in place on `stream` (default stderr): a terminal, or a
+    notebook (tqdm draws a widget there). False for a file or a pipe, where each update of a bar
+    would leave a line with carriage returns and escape sequences."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return "ipykernel" in sys.modules
+
+
+@contextlib.contextmanager
+def _datasets_bars(show: bool):
+    """`datasets`' progress bars on (as they were) when `show`, else off for the block."""
+    if show or not datasets.is_progress_bar_enabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 # ------------------------------------------------------------------------------ tokenization
@@ -101,12 +135,21 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
         return out
 
     key = cache_key(ds, tokenizer, max_length)
-    run = functools.partial(ds.map, encode, batched=True, input_columns=in_cols,
-                            features=features, new_fingerprint=key[:40], desc="tokenizing")
+    show = live_progress()
+    map_split = functools.partial(ds.map, encode, batched=True, input_columns=in_cols,
+                                  features=features, new_fingerprint=key[:40], desc="tokenizing")
+
+    def run(**kwargs):
+        with _datasets_bars(show):
+            return map_split(**kwargs)
+
     cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         cache_file = _writable_cache_file(folder, f"tokens-{key[:40]}.arrow")
+    if not show and (cache_file is None or not cache_file.exists()):
+        logger.info("tokenizing %d rows%s", len(ds),
+                    f" (cached in {cache_file})" if cache_file is not None else "")
     if cache_file is None:
         out = run(keep_in_memory=True)
     else:

@@ -71,3 +71,52 @@ def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_p
     gold = data_lib.load_task(small / "quora-dev.csv", "para", "dev", evaluate.Tokenizer(
         tiny_run / "vocab.txt"), max_length=32, skip_bad_rows=True)
     assert len(gold) == 20
+
+
+def closing_paths(text: str) -> list[str]:
+    """The paths listed under the closing block's `wrote N files:` line."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("wrote "))
+    return [line.strip() for line in lines[start + 1:] if line.startswith("  ")]
+
+
+def test_closing_block_names_every_file_written(tiny_run, data_dir, tmp_path, capsys):
+    import json
+    out = tmp_path / "predictions"
+    code = evaluate.main([str(tiny_run), "--out", str(out), "--data-dir", str(data_dir),
+                          "--limit", "24", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    scores = json.loads((out / "scores.json").read_text())
+    first = printed.splitlines()[0]
+    assert first.startswith(f"dev scores (best checkpoint, step {scores['checkpoint_step']}): ")
+    assert f"overall {scores['overall']:.3f}" in first and f"sts_r {scores['sts_r']:.3f}" in first
+    paths = closing_paths(printed)
+    assert sorted(paths) == sorted(str(p) for p in out.iterdir())  # every file, nothing else
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    assert {"scores.json", "dev-outputs.npz", "sst_confusion.png", "para_histograms.png",
+            "sts_scatter.png", "sst-dev-output.csv", "sts-test-output.csv"} <= names
+    assert scores["which"] == "best" and scores["limit"] == 24
+    assert set(scores["dev_files"]) == {"sst", "para", "sts"}
+
+
+def test_written_to_a_file_the_progress_is_plain_lines(tiny_run, data_dir, tmp_path):
+    """No bars (carriage returns, escape sequences) in a log file: evaluation and datasets'
+    tokenizing print a few plain lines instead."""
+    import os
+    import subprocess
+    import sys
+    log = tmp_path / "log.txt"
+    env = {**os.environ, "BERT_JAX_CACHE": str(tmp_path / "cache")}  # tokenizing runs
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-m", "train.evaluate", str(tiny_run), "--out",
+                               str(tmp_path / "out"), "--data-dir", str(data_dir), "--limit",
+                               "40"], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=900,
+                              cwd=evaluate.Path(evaluate.__file__).parents[1])
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b" not in text, text
+    assert "eval para quora-dev.csv: 40 examples in" in text  # the plain progress lines
+    progress = [line for line in text.splitlines() if line.startswith(("eval ", "tokenizing"))]
+    assert len(progress) <= 2 * 5, text  # two lines per file (3 dev, 2 test) at most
+    assert all(evaluate.Path(p).exists() for p in closing_paths(text))

@@ -1,14 +1,23 @@
-"""Dev scores and CS224N prediction files from a run: `python -m train.evaluate RUN_DIR --out DIR`.
+"""Dev scores, CS224N prediction files and plots of a run's checkpoint.
 
-Writes `sst-dev-output.csv`, `para-dev-output.csv`, `sts-dev-output.csv` and the `-test-` files
-(from the test-student files; there is no Quora test file) in the CS224N format (`id,Predicted_...`),
-plus `scores.json`.
+`python -m train.evaluate RUN [--out DIR]` writes into DIR (default RUN/predictions):
+- `sst-dev-output.csv`, `para-dev-output.csv`, `sts-dev-output.csv` and the `-test-` files (from
+  the test-student files; there is no Quora test file) in the CS224N format (`id,Predicted_...`),
+  one row per id of the input file;
+- `scores.json`: the dev scores, the checkpoint (`which`, `checkpoint_step`) and the dev files
+  read (path and sha256);
+- `dev-outputs.npz`: the raw dev outputs per task (SST logits, paraphrase logits, STS scores)
+  with their ids, which `python -m train.analyze` reads instead of running the model again;
+- `sst_confusion.png`, `para_histograms.png`, `sts_scatter.png`: dev predictions against gold.
+It ends by printing the rounded scores and the path of every file written.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -23,8 +32,61 @@ from bert_jax.checkpoints import CheckpointError, load_run
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
 from bert_jax.plots import write_eval_plots
+from bert_jax.token_cache import live_progress
 from bert_jax.tokenizer import Tokenizer
 from train.step import DATA_AXIS, make_mesh, make_predict_step
+
+SCORE_KEYS = ("sst_acc", "para_acc", "sts_r", "overall")
+SCORES_FILE, DEV_OUTPUTS_FILE = "scores.json", "dev-outputs.npz"
+
+
+def closing_block(paths, scores: dict | None = None, heading: str = "scores") -> str:
+    """What a command-line tool prints last: its scores rounded to 3 decimals (the numbers
+    among `scores`) and the path of every file or folder it wrote, one per line."""
+    lines = []
+    numbers = {k: v for k, v in (scores or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        lines.append(f"{heading}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
+    paths = [str(p) for p in paths]
+    lines.append(f"wrote {len(paths)} file{'s' if len(paths) != 1 else ''}:" if paths
+                 else "wrote no files")
+    lines += [f"  {p}" for p in paths]
+    return "\n".join(lines)
+
+
+class PlainProgress:
+    """Stands in for a tqdm bar where a bar cannot draw in place (a log file, a pipe): a line
+    when the work starts and one when it ends, on stderr."""
+
+    def __init__(self, total: int, desc: str, unit: str = "ex"):
+        self.total, self.desc = total, desc
+        self.unit = {"ex": "examples"}.get(unit, unit)
+        self.started = time.perf_counter()
+        print(f"{desc}: {total:,} {self.unit} ...", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.started is not None:
+            seconds = time.perf_counter() - self.started
+            print(f"{self.desc}: {self.total:,} {self.unit} in {seconds:.1f} s", file=sys.stderr,
+                  flush=True)
+            self.started = None
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "ex"):
+    """A tqdm bar where one draws in place (a terminal, a notebook: `live_progress`), else a
+    `PlainProgress` (two plain lines); a disabled bar when not `enabled`."""
+    if enabled and not live_progress():
+        return PlainProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, unit=unit,
+                dynamic_ncols=True)
+
 
 TASK_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
                 "sts": "Predicted_Similarity"}
@@ -64,9 +126,12 @@ class Evaluator:
         self.planned[data.task] = data_lib.choose_buckets(data.lengths, top, self.num_buckets)
         return self.planned[data.task]
 
-    def outputs(self, params, data: data_lib.TaskData, task: str, progress: bool = False):
-        bar = tqdm(total=len(data), desc=f"eval {task}", leave=False, disable=not progress,
-                   unit="ex")
+    def outputs(self, params, data: data_lib.TaskData, task: str, progress: bool = False,
+                desc: str | None = None):
+        """Raw head outputs for every example of `data` (see `predict_task`); `progress`: a bar
+        named `desc` (default "eval TASK"), or, written to a file, a line at the start and one
+        at the end."""
+        bar = progress_bar(len(data), desc or f"eval {task}", progress)
         try:
             return predict_task(self.predict, params, data, task, self.batch_size,
                                 self.buckets_for(data),
@@ -122,7 +187,7 @@ def _predict_every_row(evaluator: Evaluator, params, path: Path, task: str, toke
     """
     data = data_lib.load_task(path, task, "test", tokenizer, max_length=max_length,
                               limit=limit or None, skip_bad_rows=True, labeled=False)
-    outputs = evaluator.outputs(params, data, task, progress)
+    outputs = evaluator.outputs(params, data, task, progress, f"eval {task} {path.name}")
     preds = to_predictions(task, outputs)
     ids = data_lib.read_ids(path)[:limit or None]
     index = {ex_id: i for i, ex_id in enumerate(data.example_ids)}
@@ -135,16 +200,29 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
                  which: str = "best", batch_size: int = 64, limit: int = 0,
                  progress: bool = True) -> dict:
     """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir` holding
-    every id of their input file (see `FALLBACK_PREDICTION`)."""
+    every id of their input file (see `FALLBACK_PREDICTION`); see the module docstring for
+    every file written. Returns what `scores.json` holds."""
+    return _evaluate(run_dir, out_dir, data_dir, which, batch_size, limit, progress)[0]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _evaluate(run_dir, out_dir, data_dir, which, batch_size, limit, progress
+              ) -> tuple[dict, list[Path]]:
+    """(what scores.json holds, the paths written)."""
     run = load_run(run_dir, which)
     max_length = int(json.loads((run.run_dir / "train_config.json").read_text())["max_length"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Written last: a scores.json is never beside the outputs of another (unfinished) evaluation.
+    (out_dir / SCORES_FILE).unlink(missing_ok=True)
     base = data_lib.find_data_dir(data_dir)
     tokenizer = Tokenizer(run.vocab_file)
     model = MultitaskBert(run.bert_config, run.heads)
     evaluator = Evaluator(model, make_mesh(), batch_size)
-    dev_outputs, dev_predictions, gold = {}, {}, {}
+    dev_outputs, dev_predictions, gold, dev_files, written = {}, {}, {}, {}, []
     for task in data_lib.TASKS:
         for split in ("dev", "test"):
             name = data_lib.default_file(task, split)
@@ -152,46 +230,68 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None 
                 continue
             ids, preds, index, outputs = _predict_every_row(
                 evaluator, run.params, base / name, task, tokenizer, max_length, limit, progress)
-            write_predictions(out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv", task,
-                              ids, preds)
+            path = out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv"
+            write_predictions(path, task, ids, preds)
+            written.append(path)
             if split == "dev":  # scored on the rows with a valid label
                 gold[task] = data_lib.load_task(base / name, task, split, tokenizer,
                                                 max_length=max_length, limit=limit or None,
                                                 skip_bad_rows=True)
-                rows = np.array([index[i] for i in gold[task].example_ids])
+                rows = np.array([index[i] for i in gold[task].example_ids], np.int64)
                 dev_outputs[task] = outputs[rows]
                 dev_predictions[task] = to_predictions(task, dev_outputs[task])
+                dev_files[task] = {"path": str((base / name).resolve()),
+                                   "sha256": _sha256(base / name)}
     scores = score_predictions(dev_predictions, gold)
-    write_eval_plots(out_dir, dev_outputs, {t: d.labels for t, d in gold.items()})
-    scores["checkpoint_step"] = run.meta.get("step")
-    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
-    return scores
+    written += write_eval_plots(out_dir, dev_outputs, {t: d.labels for t, d in gold.items()})
+    if dev_outputs:
+        np.savez(out_dir / DEV_OUTPUTS_FILE, **{
+            **dev_outputs, **{f"{t}_ids": np.asarray(gold[t].example_ids, dtype=str)
+                              for t in dev_outputs}})
+        written.append(out_dir / DEV_OUTPUTS_FILE)
+    scores.update(checkpoint_step=run.meta.get("step"), which=run.which, limit=limit,
+                  max_length=max_length, dev_files=dev_files,
+                  dev_outputs=DEV_OUTPUTS_FILE if dev_outputs else None)
+    (out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
+    written.append(out_dir / SCORES_FILE)
+    return scores, written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.evaluate", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN",
+                        help="a run folder written by `python -m train.multitask` (its --out)")
+    parser.add_argument("--out", default=None, type=output_dir, metavar="DIR",
+                        help="folder for the prediction files, scores and plots (default "
+                             "RUN/predictions, where `train.analyze` finds them)")
+    parser.add_argument("--which", choices=("best", "last"), default="best",
+                        help="which checkpoint of the run to score: best dev score, or the "
+                             "newest (default best)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="sentences (or pairs) per forward pass (default 64)")
+    parser.add_argument("--limit", type=nonnegative_int, default=0,
+                        help="predict only the first N rows of each file (default 0: all rows)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="print no progress at all (by default a bar on a terminal, two "
+                             "plain lines per file otherwise)")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.evaluate", description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run_dir", help="a run folder written by `python -m train.multitask`")
-    parser.add_argument("--out", default=None, type=output_dir, help="folder for prediction files "
-                        "(default RUN_DIR/predictions)")
-    parser.add_argument("--which", choices=("best", "last"), default="best",
-                        help="which checkpoint of the run")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="dev/test examples per forward pass")
-    parser.add_argument("--limit", type=nonnegative_int, default=0, help="first N examples per file (0: all)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "predictions"
     try:
-        scores = evaluate_run(args.run_dir, args.out or Path(args.run_dir) / "predictions",
-                              args.data_dir, args.which, args.batch_size, args.limit,
-                              not args.no_progress)
+        scores, written = _evaluate(args.run_dir, out, args.data_dir, args.which,
+                                    args.batch_size, args.limit, not args.no_progress)
     except (data_lib.DataError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(scores, indent=2))
+    heading = f"dev scores ({scores['which']} checkpoint, step {scores['checkpoint_step']})"
+    print(closing_block(written, {k: scores[k] for k in SCORE_KEYS if k in scores}, heading))
     return 0
 
 
