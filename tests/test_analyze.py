@@ -71,3 +71,39 @@ def test_cli_writes_the_report(tiny_run, data_dir, tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     assert main([str(tmp_path / "none")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_path,
+                                                      monkeypatch, capsys):
+    """train.evaluate's dev outputs of the same checkpoint are read: no model is loaded or
+    run, and the report is the one the model gives."""
+    import bert_jax.predict
+    from train import analyze as analyze_module
+    from train.evaluate import evaluate_run
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the session run is shared read-only
+    loads, calls = [], []
+    load, predict = bert_jax.predict.load_model, analyze_module.predict_task
+    monkeypatch.setattr(bert_jax.predict, "load_model",
+                        lambda *a, **k: loads.append(a) or load(*a, **k))
+    monkeypatch.setattr(analyze_module, "predict_task",
+                        lambda *a, **k: calls.append(a[3]) or predict(*a, **k))
+    args = [str(run), "--data-dir", str(data_dir), "--top", "3", "--limit", "24", "--no-progress"]
+
+    assert main(args + ["--out", str(tmp_path / "model.md")]) == 0  # nothing saved: model runs
+    assert len(loads) == 1 and calls == ["sst", "para", "sts"]
+    evaluate_run(run, run / "predictions", str(data_dir), limit=40, progress=False)
+    loads.clear(), calls.clear(), capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "saved.md")]) == 0
+    assert loads == [] and calls == []  # the model ran zero times
+    err = capsys.readouterr().err
+    assert "dev-outputs.npz" in err and "the model was not run" in err
+    assert str(tmp_path / "saved.md") in err.splitlines()[-1]  # the closing block names it
+    assert (tmp_path / "saved.md").read_text() == (tmp_path / "model.md").read_text()
+
+    # another checkpoint (--which last), or more rows than evaluate scored: the model runs
+    assert main(args + ["--which", "last", "--out", str(tmp_path / "last.md")]) == 0
+    assert calls == ["sst", "para", "sts"]
+    calls.clear()
+    assert main(args[:-3] + ["--limit", "60", "--tasks", "sts", "--no-progress",
+                             "--out", str(tmp_path / "more.md")]) == 0
+    assert calls == ["sts"]

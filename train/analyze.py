@@ -1,23 +1,33 @@
-"""Error analysis on dev: `python -m train.analyze CKPT [--data-dir DIR] [--top 10] [--out FILE]`.
+"""Error analysis on dev: `python -m train.analyze RUN [--data-dir DIR] [--top 10] [--out FILE]`.
 
 Per task, the model's most confident mistakes with their sentences and scores:
 - SST-5: wrong predictions with the highest probability on the predicted class;
 - paraphrase: false positives (gold 0, highest probability) and false negatives (gold 1, lowest);
 - STS: the largest over-estimates (pred - gold) and under-estimates (gold - pred).
-Prints a markdown report and writes it to --out (default CKPT/analysis.md).
+Prints a markdown report and writes it to --out (default RUN/analysis.md).
+
+When `python -m train.evaluate RUN` has scored the same checkpoint (same --which, same step) on
+the same dev files, its `RUN/predictions/dev-outputs.npz` is read and the model is not run;
+otherwise the model predicts the dev sets (with a progress bar).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
+from bert_jax.checkpoints import newest_checkpoint
 from bert_jax.cli import nonnegative_int, output_file, positive_int
+from bert_jax.inference import predict_task
+from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
+                            progress_bar)
 
 TASK_TITLES = {"sst": "SST-5 sentiment", "para": "Quora paraphrase", "sts": "STS similarity"}
 
@@ -37,6 +47,7 @@ class TaskAnalysis:
     score_name: str
     score: float
     tables: list[Table]
+    source: str = "model"  # where the outputs came from: "model", or the file they were read from
 
 
 def load_dev(task: str, data_dir=None, limit: int | None = None):
@@ -124,31 +135,109 @@ def to_markdown(analyses: list[TaskAnalysis], title: str) -> str:
     return "\n".join(out)
 
 
+def saved_dev_outputs(run_dir: str | Path, which: str = "best", data_dir=None
+                      ) -> tuple[dict[str, dict[str, np.ndarray]], Path] | None:
+    """The raw dev outputs `python -m train.evaluate` wrote into `RUN/predictions`, when they
+    belong to the checkpoint `load_run(run_dir, which)` loads (same `which`, same step) and the
+    dev files have not changed since (sha256): ({task: {id: outputs}}, the .npz file); else None.
+    """
+    run_dir, folder = Path(run_dir), Path(run_dir) / "predictions"
+    try:
+        scores = json.loads((folder / SCORES_FILE).read_text())
+        resolved, step = newest_checkpoint(run_dir, which)
+    except (OSError, ValueError, data_lib.DataError):
+        return None
+    npz = folder / str(scores.get("dev_outputs") or DEV_OUTPUTS_FILE)
+    if (step is None or scores.get("which") != resolved or scores.get("checkpoint_step") != step
+            or not npz.is_file()):
+        return None
+    try:
+        base = data_lib.find_data_dir(data_dir)
+        saved = {}
+        with np.load(npz) as arrays:
+            for task, info in (scores.get("dev_files") or {}).items():
+                path = base / data_lib.default_file(task, "dev")
+                if (task in arrays and f"{task}_ids" in arrays and path.is_file()
+                        and info.get("sha256") == _sha256(path)):
+                    ids = [str(i) for i in arrays[f"{task}_ids"]]
+                    if len(set(ids)) == len(ids):
+                        saved[task] = dict(zip(ids, arrays[task]))
+    except (OSError, ValueError, KeyError, data_lib.DataError):
+        return None
+    return (saved, npz) if saved else None
+
+
+def _model_outputs(model, task: str, sentences, progress: bool) -> np.ndarray:
+    """`model.raw_outputs(task, *sentences)`, with a progress bar."""
+    data = model.task_data(task, *sentences)
+    if len(data) == 0:
+        return model.outputs(task, data)
+    bar = progress_bar(len(data), f"predict {task} dev", progress)
+    try:
+        return predict_task(model._predict, model.params, data, task, model.batch_size,
+                            model.buckets, pad_id=model.tokenizer.pad_id, progress=bar)
+    finally:
+        bar.close()
+
+
 def analyze(model, tasks=data_lib.TASKS, data_dir=None, top: int = 10,
-            limit: int | None = None) -> list[TaskAnalysis]:
-    """Error analysis of a `MultitaskModel` on the dev files of `tasks`."""
+            limit: int | None = None, saved=None, progress: bool = False
+            ) -> list[TaskAnalysis]:
+    """Error analysis of a `MultitaskModel` on the dev files of `tasks`.
+
+    saved: what `saved_dev_outputs` returns; a task whose every dev id it holds is analysed from
+    those outputs. `model`: a `MultitaskModel`, or a function returning one, called only when
+    some task needs the model (None when `saved` covers every task).
+    """
+    outputs_by_id, source = saved if saved else ({}, None)
     results = []
     for task in tasks:
         ids, sentences, gold = load_dev(task, data_dir, limit)
-        outputs = model.raw_outputs(task, *sentences)
-        results.append(analyze_task(task, ids, sentences, gold, outputs, top))
+        known = outputs_by_id.get(task, {})
+        if ids and all(i in known for i in ids):
+            outputs, origin = np.stack([known[i] for i in ids]), str(source)
+        else:
+            if callable(model) and not hasattr(model, "raw_outputs"):
+                model = model()
+            if model is None:
+                raise ValueError(f"{task}: no saved dev outputs for these rows and no model")
+            outputs, origin = _model_outputs(model, task, sentences, progress), "model"
+        result = analyze_task(task, ids, sentences, gold, outputs, top)
+        result.source = origin
+        results.append(result)
     return results
 
 
-def main(argv=None) -> int:
+SCORE_KEYS = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_r"}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.analyze", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt", metavar="CKPT", help="a run folder of `python -m train.multitask`")
+    parser.add_argument("ckpt", metavar="RUN",
+                        help="a run folder of `python -m train.multitask` (or a model name or "
+                             "folder, whose heads are untrained)")
     parser.add_argument("--which", choices=("best", "last"), default="best",
-                        help="checkpoint of the run (default best)")
-    parser.add_argument("--data-dir", default=None,
+                        help="which checkpoint of the run to analyse: best dev score, or the "
+                             "newest (default best)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder with the CS224N files (default data/, else ../shared/data)")
-    parser.add_argument("--top", type=positive_int, default=10, help="examples per list (default 10)")
+    parser.add_argument("--top", type=positive_int, default=10,
+                        help="how many examples each ranked list shows (default 10)")
     parser.add_argument("--tasks", default="sst,para,sts",
-                        help="comma-separated tasks (default sst,para,sts)")
+                        help="comma-separated tasks to analyse, from sst, para, sts (default all)")
     parser.add_argument("--limit", type=nonnegative_int, default=0,
-                        help="first N dev examples per task (default 0: all)")
-    parser.add_argument("--out", default=None, type=output_file, help="report file (default CKPT/analysis.md)")
+                        help="analyse only the first N dev rows per task (default 0: all rows)")
+    parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
+                        help="where to write the markdown report (default RUN/analysis.md)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="print no progress while the model predicts (by default a bar on "
+                             "a terminal, two plain lines otherwise)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in data_lib.TASKS]
@@ -156,24 +245,36 @@ def main(argv=None) -> int:
         parser.error(f"--tasks: unknown {bad or 'empty'}; choose from sst, para, sts")
     from bert_jax.checkpoints import CheckpointError
     from bert_jax.predict import load_model
+    loaded = []
+
+    def model():
+        loaded.append(load_model(args.ckpt, args.which))
+        return loaded[-1]
     try:
-        model = load_model(args.ckpt, args.which)
-        results = analyze(model, tasks, args.data_dir, args.top, args.limit or None)
+        saved = saved_dev_outputs(args.ckpt, args.which, args.data_dir)
+        results = analyze(model, tasks, args.data_dir, args.top, args.limit or None, saved,
+                          progress=not args.no_progress)
     except (data_lib.DataError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     title = f"Error analysis: {args.ckpt}"
-    if model.heads_trained:
-        title += f" ({args.which} checkpoint)"
-    else:
+    if loaded and not loaded[-1].heads_trained:
         title += " (untrained heads)"
+    else:
+        title += f" ({args.which} checkpoint)"
     report = to_markdown(results, title)
     out = Path(args.out) if args.out else (
         Path(args.ckpt) / "analysis.md" if Path(args.ckpt).is_dir() else Path("analysis.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report + "\n")
     print(report)
-    print(f"wrote {out}", file=sys.stderr)
+    reused = sorted({r.source for r in results if r.source != "model"})
+    if reused:
+        print(f"dev outputs of {', '.join(r.task for r in results if r.source != 'model')} read "
+              f"from {', '.join(reused)} (written by train.evaluate for this checkpoint): the "
+              "model was not run for them", file=sys.stderr)
+    print(closing_block([out], {SCORE_KEYS[r.task]: r.score for r in results}, "dev scores"),
+          file=sys.stderr)
     return 0
 
 
