@@ -42,7 +42,7 @@ test: $(VENV)/.dev
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.dev
-	$(PY) -m train.benchmark $(ARGS)
+	$(PY) -m bert_jax.bench $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
