@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def test_sequential_and_multitask_plans(tiny_init, data_dir):
     assert any(not np.array_equal(a["sst"], b["sst"]) for a, b in zip(multi, other))
 
 
+@pytest.mark.slow
 def test_a_few_dozen_steps_lower_each_task_loss(data_dir, tmp_path):
     """The real all-MiniLM-L6-v2 on real data slices: 2 passes over 30 batches per task."""
     cfg = TrainConfig(max_length=32, num_buckets=1, limit_train=240, limit_eval=64,
@@ -173,53 +175,93 @@ def _cli(args, **kwargs):
                             text=True, **kwargs)
 
 
-def _tiny_cli_args(tiny_init, data_dir, out, steps):
+def _tiny_cli_args(tiny_init, data_dir, out, steps, epochs=1):
     return ["--init", str(tiny_init), "--data-dir", str(data_dir), "--out", str(out),
             "--max-length", "32", "--num-buckets", "2", "--limit-train", "400",
-            "--limit-eval", "16", "--eval-batch-size", "16", "--epochs", "1",
+            "--limit-eval", "16", "--eval-batch-size", "16", "--epochs", str(epochs),
             "--max-steps", str(steps), "--save-every", "3", "--lr", "1e-3", "--log-every", "5"]
 
 
-def _wait_for_checkpoint(out: Path, proc, timeout=120):
+def _checkpoint_steps(out: Path) -> list[int]:
+    last = out / "last"
+    return sorted(int(p.name) for p in last.iterdir() if p.name.isdigit()) if last.is_dir() else []
+
+
+def _wait_for_checkpoint(out: Path, proc, at_least: int = 1, timeout=600):
+    """Block until `out/last` holds a checkpoint of step >= `at_least` (the trigger)."""
     start = time.time()
     while time.time() - start < timeout:
-        if (out / "last").is_dir() and any(p.name.isdigit() for p in (out / "last").iterdir()):
+        if any(step >= at_least for step in _checkpoint_steps(out)):
             return
         if proc.poll() is not None:
             raise AssertionError(proc.stdout.read())
-        time.sleep(0.2)
+        time.sleep(0.05)
+    proc.kill()
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(
-        tiny_init, data_dir, tmp_path):
-    steps = 30
-    full = _cli(_tiny_cli_args(tiny_init, data_dir, tmp_path / "full", steps))
+# The interrupted runs: 90 steps (two epochs of 50), a checkpoint every 3. The signal lands
+# right after the trigger checkpoint, long before the end (each save takes tens of ms).
+LONG = dict(steps=90, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_init, data_dir, tmp_path_factory) -> Path:
+    """The LONG run without interruption: what every stopped-and-resumed run must equal."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    full = _cli(_tiny_cli_args(tiny_init, data_dir, out, **LONG))
     assert full.wait(timeout=900) == 0, full.stdout.read()
-    out = tmp_path / "killed"
-    proc = _cli(_tiny_cli_args(tiny_init, data_dir, out, steps))
-    _wait_for_checkpoint(out, proc)
-    time.sleep(np.random.default_rng().uniform(0.0, 2.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    resumed = _cli(_tiny_cli_args(tiny_init, data_dir, out, steps) + ["--resume"])
+    return out
+
+
+def _resume_and_compare(tiny_init, data_dir, uninterrupted, out: Path, stopped_at: int):
+    """Resume `out` (stopped at `stopped_at`) to its end; it must equal an uninterrupted run.
+    (The same total steps on both sides: the packed row shapes are planned from the whole run.)"""
+    resumed = _cli(_tiny_cli_args(tiny_init, data_dir, out, **LONG) + ["--resume"])
     output = resumed.communicate(timeout=900)[0]
     assert resumed.returncode == 0, output
-    assert_same_params(last_params(tmp_path / "full"), last_params(out))
+    assert f"resumed from {out / 'last'} at step {stopped_at}" in output
+    assert_same_params(last_params(uninterrupted), last_params(out))
+    for name in ("metrics.jsonl", "train_log.jsonl"):  # each step logged once
+        steps = [json.loads(line)["step"] for line in (out / name).open()]
+        assert steps == sorted(set(steps)), (name, steps)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_init, data_dir, tmp_path):
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_reaches_the_same_parameters(tiny_init, data_dir, tmp_path,
+                                                                  uninterrupted):
+    out = tmp_path / "killed"
+    proc = _cli(_tiny_cli_args(tiny_init, data_dir, out, **LONG))
+    try:
+        _wait_for_checkpoint(out, proc, at_least=6)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    saved = _checkpoint_steps(out)
+    assert 6 <= saved[-1] < LONG["steps"]  # the kill cut the run short, after the trigger
+    assert not (out / "summary.json").exists()
+    _resume_and_compare(tiny_init, data_dir, uninterrupted, out, saved[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_exits_and_resumes_exactly(tiny_init, data_dir, tmp_path,
+                                                               uninterrupted, sig):
     out = tmp_path / "run"
-    proc = _cli(_tiny_cli_args(tiny_init, data_dir, out, 100000).__add__(["--save-every", "0"]))
-    deadline = time.time() + 120
-    while not (out / "train_log.jsonl").exists():  # training has started
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, output
-    assert "stopped by SIGTERM" in output and "Traceback" not in output
-    assert RunCheckpoints(out).latest_step() is not None
+    proc = _cli(_tiny_cli_args(tiny_init, data_dir, out, **LONG))
+    try:
+        _wait_for_checkpoint(out, proc, at_least=3)
+        proc.send_signal(sig)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig, output
+    assert f"{name} received: finishing this step" in output and "Traceback" not in output
+    stopped = int(re.search(rf"stopped by {name} at step (\d+)", output).group(1))
+    assert 3 <= stopped < LONG["steps"] and _checkpoint_steps(out)[-1] == stopped
+    _resume_and_compare(tiny_init, data_dir, uninterrupted, out, stopped)
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
@@ -280,6 +322,7 @@ def test_dev_sentences_longer_than_every_training_sentence_are_evaluated(
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["step"] == 2
 
 
+@pytest.mark.slow
 def test_a_failed_evaluation_keeps_the_trained_steps_and_resume_evaluates_them(
         tiny_init, data_dir, tmp_path, monkeypatch):
     from train import evaluate as eval_lib
@@ -400,6 +443,7 @@ def test_cli_turns_interrupts_and_disk_errors_into_one_line(monkeypatch, capsys,
         assert text in err[-1] and "Traceback" not in "\n".join(err), err
 
 
+@pytest.mark.slow
 def test_cli_prints_progress_lines(tiny_init, data_dir, tmp_path):
     """INFO lines reach the user (orbax's import configures logging before ours)."""
     args = _tiny_cli_args(tiny_init, data_dir, tmp_path / "run", 2)
