@@ -3,7 +3,8 @@
 `python -m train.ablation --out runs/ablation [--limit-train N] [--epoch-scale S] [--limit-eval N]`
 runs each preset (skipping those already finished in --out), appends one JSON line per run to
 `OUT/results.jsonl` (scores, command, wall time, machine), and `--table` prints the markdown table.
-Shortened settings apply to every row alike, so the rows stay comparable.
+Shortened settings apply to every row alike, so the rows stay comparable. It ends with the
+table (scores to 3 decimals) and the path of every file and run folder written.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import jax
 
 from bert_jax.cli import nonnegative_int, output_dir, positive_float
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
+from train.evaluate import closing_block
 from train.multitask import data_files, train_and_evaluate
 
 ORDER = ("baseline", "multi-dataset", "cosine", "mean-pooling", "multitask", "concat",
@@ -70,22 +72,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default="runs/ablation", type=output_dir, help="root folder of the runs")
-    parser.add_argument("--presets", default=",".join(ORDER), help="comma-separated presets")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--limit-train", type=nonnegative_int, default=0, help="first N train rows per task")
-    parser.add_argument("--limit-eval", type=nonnegative_int, default=0, help="first N dev rows per task")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/ablation", type=output_dir, metavar="DIR",
+                        help="root folder: one run folder per preset and results.jsonl "
+                             "(default runs/ablation)")
+    parser.add_argument("--presets", default=",".join(ORDER),
+                        help="comma-separated presets to run, in this order (default all "
+                             "seven: " + ",".join(ORDER) + ")")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    parser.add_argument("--limit-train", type=nonnegative_int, default=0,
+                        help="train on the first N rows per task (default 0: all rows)")
+    parser.add_argument("--limit-eval", type=nonnegative_int, default=0,
+                        help="score on the first N dev rows per task (default 0: all rows)")
     parser.add_argument("--epoch-scale", type=positive_float, default=1.0,
-                        help="multiply each preset's epochs (at least 1)")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+                        help="multiply each preset's epochs by this, keeping at least 1 "
+                             "(default 1)")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed,
+                        help=f"random seed of every run, part of its folder name (default "
+                             f"{TrainConfig.seed})")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field for every run (e.g. --set lr=1e-4); "
                              "named in the run's key and the table")
-    parser.add_argument("--table", action="store_true", help="only print the table of --out")
-    args = parser.parse_args(argv)
+    parser.add_argument("--table", action="store_true",
+                        help="only print the table of the runs already in --out; train nothing")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     root = Path(args.out)
     results = root / "results.jsonl"
     done = [json.loads(l) for l in results.open()] if results.exists() else []
@@ -96,6 +113,7 @@ def main(argv=None) -> int:
     files = data_files(args.data_dir)
     overrides = parse_overrides(args.set)
     suffix = "".join(f"-{k}={v}" for k, v in overrides.items())
+    written = []
     for name in args.presets.split(","):
         key = f"{name}{suffix}-seed{args.seed}"
         if any(r["run"] == key for r in done):
@@ -104,6 +122,7 @@ def main(argv=None) -> int:
                         args.limit_eval, args.seed)
         start = time.time()
         summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0)
+        written.append(root / key)
         record = {"run": key, "preset": name + suffix, "base_preset": name,
                   "overrides": overrides, "seed": args.seed, "epochs": cfg.epochs,
                   "limit_train": args.limit_train, "limit_eval": args.limit_eval,
@@ -114,7 +133,11 @@ def main(argv=None) -> int:
         with results.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
-    print(table([json.loads(l) for l in results.open()]))
+    if written:
+        written.append(results)
+    print(table([json.loads(l) for l in results.open()]) if results.exists() else
+          "(no runs yet)")
+    print(closing_block(written))
     return 0
 
 

@@ -7,6 +7,9 @@ run. Prints one markdown row per run and, for two runs or more, a row of mean ±
 deviation (ddof 1) per column, e.g. for three seeds of one configuration:
 
     python -m train.compare runs/concat-seed1 runs/concat-seed2 runs/concat-seed3
+
+`--out FILE` also writes the table (or, with `--json`, the JSON) to FILE. The last lines, on
+stderr, give the scores (the mean for several runs) and the file written.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax.cli import positive_int
+from bert_jax.cli import output_file, positive_int
+from train.evaluate import closing_block
 
 SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
 
@@ -75,21 +79,45 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="run folders of `python -m train.multitask` to tabulate, one row "
+                             "each")
     parser.add_argument("--epoch", type=positive_int, default=None,
                         help="score every run at this epoch (default: each run's best epoch "
                              "by overall dev score)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows (and the mean and spread) as JSON instead of a "
+                             "markdown table")
+    parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
+                        help="also write what is printed to this file (default: write nothing)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     rows = [run_row(r, args.epoch) for r in args.runs]
     if args.json:
-        print(json.dumps({"runs": rows, **({"mean_std": spread(rows)} if len(rows) > 1 else {})},
-                         indent=2))
+        text = json.dumps({"runs": rows, **({"mean_std": spread(rows)} if len(rows) > 1 else {})},
+                          indent=2)
     else:
-        print(table(rows))
+        text = table(rows)
+    print(text)
+    written = []
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        written.append(out)
+    if len(rows) > 1:
+        scores = {k: m for k, (m, _) in spread(rows).items()}
+        heading = f"mean dev scores over {len(rows)} runs"
+    else:
+        scores = {k: rows[0][k] for k in SCORES}
+        heading = f"dev scores of {rows[0]['run']} (epoch {rows[0]['epoch']:g})"
+    print(closing_block(written, scores, heading), file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,9 @@
 frozen encoder (mean pooling), then scores dev: STS by 5 x cosine(u, v) zero-shot; SST by a
 multinomial logistic regression on u, and paraphrase by a logistic regression on [|u-v|, u*v],
 both fitted on the training embeddings (full batch, optax L-BFGS).
+
+Ends by printing the dev scores (3 decimals) and the file written (`--out`: the scores as JSON,
+unrounded, with the wall time).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from bert_jax.cli import nonnegative_int, output_file, positive_int
 from bert_jax.data import TaskData
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
+from train.evaluate import closing_block
 
 
 def embed_sentences(model: MultitaskModel, ids: list[np.ndarray]) -> np.ndarray:
@@ -102,17 +106,27 @@ def run(init: str = "all-MiniLM-L6-v2", data_dir: str | None = None, max_length:
     return {k: float(v) for k, v in scores.items()}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.frozen_baseline", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--init", default="all-MiniLM-L6-v2")
-    parser.add_argument("--data-dir", default=None)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", default="all-MiniLM-L6-v2", metavar="MODEL",
+                        help="the frozen encoder: 'all-MiniLM-L6-v2' (the embedded default) or "
+                             "a folder written by bert_jax.convert")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the CS224N files (default data/, else ../shared/data)")
     parser.add_argument("--max-length", type=positive_int, default=128,
-                        help="tokens per sentence (longer ones are truncated)")
+                        help="tokens per sentence; longer ones are truncated (default 128)")
     parser.add_argument("--limit-train", type=nonnegative_int, default=0,
-                        help="fit the heads on the first N training rows per task (0: all)")
-    parser.add_argument("--out", default=None, type=output_file, help="also write the scores as JSON here")
-    args = parser.parse_args(argv)
+                        help="fit the heads on the first N training rows per task (default 0: "
+                             "all rows)")
+    parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
+                        help="also write the scores as JSON to this file (default: write "
+                             "nothing)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     start = time.time()
     try:
         scores = run(args.init, args.data_dir, args.max_length, args.limit_train)
@@ -120,11 +134,14 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     scores["wall_seconds"] = round(time.time() - start, 1)
-    text = json.dumps(scores, indent=2)
+    written = []
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(scores, indent=2) + "\n")
+        written.append(out)
+    print(closing_block(written, {k: v for k, v in scores.items() if k != "wall_seconds"},
+                        f"dev scores of the frozen {args.init} ({scores['wall_seconds']:g} s)"))
     return 0
 
 

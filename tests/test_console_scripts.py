@@ -1,0 +1,145 @@
+"""The command-line surface: the console scripts of setup.cfg run from the virtual environment
+outside the repository, and every flag of every tool says what it does."""
+from __future__ import annotations
+
+import configparser
+import importlib
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "bert-jax-train": "train.multitask:main",
+    "bert-jax-evaluate": "train.evaluate:main",
+    "bert-jax-analyze": "train.analyze:main",
+    "bert-jax-compare": "train.compare:main",
+    "bert-jax-ablation": "train.ablation:main",
+    "bert-jax-frozen-baseline": "train.frozen_baseline:main",
+    "bert-jax-predict": "bert_jax.predict:main",
+    "bert-jax-convert": "bert_jax.convert:main",
+    "bert-jax-export": "bert_jax.export:main",
+}
+# The tools whose --help this file checks flag by flag (train.multitask's flags come from
+# TrainConfig's fields: tests/test_config.py).
+TOOLS = ("train.evaluate", "train.analyze", "train.compare", "train.frozen_baseline",
+         "train.ablation", "bert_jax.predict", "bert_jax.convert", "bert_jax.export")
+
+
+def declared_scripts() -> dict[str, str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    lines = cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict((part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def test_setup_cfg_declares_the_console_scripts():
+    assert declared_scripts() == SCRIPTS
+    for target in SCRIPTS.values():
+        module, func = target.split(":")
+        main = getattr(importlib.import_module(module), func)
+        # console scripts run sys.exit(main()): main returns the exit status
+        assert inspect.signature(main).return_annotation in (int, "int"), target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_script_help_runs_outside_the_repository(script, tmp_path):
+    path = Path(sys.executable).parent / script
+    assert path.is_file(), (f"{path}: no such script; install the package into this "
+                            "environment again (`pip install -e .`, or `make install`)")
+    done = subprocess.run([str(path), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "--help" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def _parser(module_name: str):
+    return importlib.import_module(module_name).build_parser()
+
+
+def _words(text: str) -> str:
+    return " ".join(text.lower().replace("-", " ").replace("_", " ").split())
+
+
+@pytest.mark.parametrize("module_name", TOOLS)
+def test_every_flag_says_what_it_does(module_name):
+    parser = _parser(module_name)
+    text = parser.format_help()
+    assert "(default: None)" not in text and "default None" not in text
+    for action in parser._actions:
+        names = action.option_strings or [action.dest]
+        help_text = action.help or ""
+        assert help_text.strip() and help_text != "==SUPPRESS==", f"{module_name} {names}: no help"
+        own = {_words(n) for n in names + [action.dest]} | {
+            _words(action.metavar) if isinstance(action.metavar, str) else ""}
+        assert _words(help_text) not in own, f"{module_name} {names}: help repeats the name"
+        assert len(help_text.split()) >= 3, f"{module_name} {names}: {help_text!r} is no sentence"
+        if "%(default)" in help_text:
+            continue
+        assert help_text.count("(default") <= 1, f"{module_name} {names}: {help_text!r}"
+
+
+def closing_block(text: str) -> tuple[str, list[Path]]:
+    """(the scores line or "", the paths listed) of the closing block at the end of `text`."""
+    lines = text.rstrip("\n").splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("wrote "))
+    scores = lines[start - 1] if start and ": " in lines[start - 1] else ""
+    return scores, [Path(line.strip()) for line in lines[start + 1:]]
+
+
+def test_compare_ends_with_scores_and_what_it_wrote(tmp_path, capsys):
+    import json
+    from train import compare
+    runs = []
+    for seed, sst in ((1, 0.4), (2, 0.5)):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "train_config.json").write_text(json.dumps({"seed": seed}))
+        (run / "metrics.jsonl").write_text(json.dumps(
+            {"step": 10, "epoch": 1.0, "sst_acc": sst, "para_acc": 0.8, "sts_r": 0.85,
+             "overall": 0.7}) + "\n")
+        runs.append(str(run))
+    out = tmp_path / "table.md"
+    assert compare.main(runs + ["--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    scores, paths = closing_block(printed.err)
+    assert scores.startswith("mean dev scores over 2 runs: sst_acc 0.450, para_acc 0.800")
+    assert paths == [out] and out.read_text().strip() == printed.out.strip()
+    assert compare.main(runs[:1]) == 0
+    scores, paths = closing_block(capsys.readouterr().err)
+    assert "sst_acc 0.400" in scores and paths == []
+
+
+def test_frozen_baseline_ends_with_scores_and_what_it_wrote(tmp_path, capsys, monkeypatch):
+    import json
+    from train import frozen_baseline
+    scores = {"sst_acc": 0.41234, "para_acc": 0.7, "sts_r": 0.8, "overall": 0.67}
+    monkeypatch.setattr(frozen_baseline, "run", lambda *a: dict(scores))
+    out = tmp_path / "frozen.json"
+    assert frozen_baseline.main(["--out", str(out)]) == 0
+    line, paths = closing_block(capsys.readouterr().out)
+    assert "sst_acc 0.412, para_acc 0.700, sts_r 0.800, overall 0.670" in line
+    assert paths == [out] and json.loads(out.read_text())["sst_acc"] == 0.41234
+
+
+def test_ablation_ends_with_the_folders_it_wrote(tmp_path, capsys, monkeypatch, data_dir):
+    from train import ablation
+
+    def fake_train(cfg, out, files, **kwargs):
+        out.mkdir(parents=True)
+        return {"sst_acc": 0.3, "para_acc": 0.6, "sts_r": 0.1, "overall": 0.48}
+    monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
+    root = tmp_path / "ablation"
+    assert ablation.main(["--out", str(root), "--presets", "baseline,cosine",
+                          "--data-dir", str(data_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "| `cosine` |" in text and "0.480" in text
+    _, paths = closing_block(text)
+    assert paths == [root / "baseline-seed11711", root / "cosine-seed11711",
+                     root / "results.jsonl"]
+    assert all(p.exists() for p in paths)
