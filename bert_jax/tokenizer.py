@@ -14,6 +14,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from bert_jax.embedded import resolve_model_dir
+
 
 class Tokenizer:
     """BERT WordPiece tokenizer built from a `vocab.txt` (one token a line, id = line number).
@@ -55,7 +57,6 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> "Tokenizer":
         """From a model name (e.g. the embedded default) or a folder holding `vocab.txt`."""
-        from bert_jax.pretrained import resolve_model_dir
         folder = resolve_model_dir(name_or_path)
         return cls(folder / "vocab.txt")
 
