@@ -156,12 +156,23 @@ def test_init_with_other_shapes_is_refused_on_resume(tiny_init, data_dir, tmp_pa
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init, lr=1e12, log_every=1)  # diverges within a few steps
-    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(tasks \["):
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(tasks \[") as err:
         train_and_evaluate(cfg, tmp_path / "run", files, progress=False, save_every=1)
+    message = str(err.value)
+    bad_step = int(re.search(r"at step (\d+)", message).group(1))
+    assert bad_step > 1  # the first steps were finite and saved
     ckpts = RunCheckpoints(tmp_path / "run")
-    if ckpts.latest_step() is not None:
-        params = last_params(tmp_path / "run")
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    assert ckpts.latest_step() == bad_step - 1  # the last good step, nothing after it
+    state, _, _ = ckpts.restore(None)
+    for leaf in jax.tree.leaves(state):  # parameters and optimiser moments
+        assert np.isfinite(np.asarray(leaf, np.float64)).all()
+    # the example ids named are ids of that step's training rows
+    from bert_jax import data as data_lib
+    shown = eval(message[message.index("example ids ") + 12:message.index("). The update")])
+    assert shown and all(ids for ids in shown.values())
+    for task, ids in shown.items():
+        known = set(data_lib.load_split(files[task, "train"], task)["id"][:80])
+        assert set(ids) <= known, (task, ids)
     # With --nonfinite skip the run goes on to the end.
     summary = train_and_evaluate(cfg.replace(nonfinite="skip", max_steps=6), tmp_path / "skip",
                                  files, progress=False, save_every=0)

@@ -81,13 +81,18 @@ def test_nonfinite_loss_leaves_params_unchanged():
     mesh = make_mesh(jax.devices()[:1])
     tx = make_optimizer(cfg, 10)
     state = create_state(params, tx, 0, mesh)
-    before = jax.device_get(state.params)
+    step = make_train_step(model, tx, mesh)
+    good = synthetic_batch(np.random.default_rng(2))
+    state, _ = step(state, shard_batch(good, mesh))  # one real update: moments are non-zero
+    before = jax.device_get((state.params, state.opt_state))
     batch = synthetic_batch(np.random.default_rng(2))
     batch["sts_labels"][0] = np.nan
-    state, metrics = make_train_step(model, tx, mesh)(state, shard_batch(batch, mesh))
+    state, metrics = step(state, shard_batch(batch, mesh))
     assert float(metrics["finite"]) == 0.0
     assert not np.isfinite(float(metrics["loss_sts"]))
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+    # neither the parameters nor the optimiser state (moments, count) took the bad step
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get((state.params, state.opt_state)),
+                 before)
 
 
 def test_batch_must_divide_over_devices():
