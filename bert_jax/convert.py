@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {Path(args.out).resolve()} (params/, config.json, vocab.txt)")
+    out = Path(args.out).resolve()
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    print(f"wrote {out} ({', '.join(names)})")
     return 0
 
 

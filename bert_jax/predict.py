@@ -230,7 +230,7 @@ def main(argv=None) -> int:
                 os.replace(tmp, out)
             finally:
                 tmp.unlink(missing_ok=True)
-            print(f"wrote {len(ids)} predictions to {args.output}", file=sys.stderr)
+            print(f"wrote {len(ids)} predictions to {out.resolve()}", file=sys.stderr)
         else:
             write_csv(sys.stdout, id_name, ids, args.task, outputs)
     except (ValueError, FileNotFoundError, OSError) as err:  # InputError is a ValueError

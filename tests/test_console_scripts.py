@@ -143,3 +143,32 @@ def test_ablation_ends_with_the_folders_it_wrote(tmp_path, capsys, monkeypatch, 
     assert paths == [root / "baseline-seed11711", root / "cosine-seed11711",
                      root / "results.jsonl"]
     assert all(p.exists() for p in paths)
+
+
+def test_predict_convert_export_name_what_they_wrote(tiny_model_dir, tiny_run, tmp_path,
+                                                     capsys):
+    """Their last line names the output (a file, or a folder and its contents) as it exists."""
+    import re
+    from bert_jax import convert, export, predict
+    exported = tmp_path / "exported"
+    assert export.main([str(tiny_model_dir), str(exported)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"wrote {exported.resolve()}: ")
+    for name in re.findall(r"[\w.]+\.(?:json|safetensors|txt)", line):
+        assert (exported / name).is_file(), name
+
+    converted = tmp_path / "converted"
+    assert convert.main([str(exported), str(converted)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"wrote (\S+) \((.*)\)", line)
+    assert match and Path(match[1]) == converted.resolve()
+    assert sorted(match[2].split(", ")) == sorted(
+        p.name + ("/" if p.is_dir() else "") for p in converted.iterdir())
+
+    lines = tmp_path / "in.txt"
+    lines.write_text("a fine film\na dull one\n")
+    out = tmp_path / "preds.csv"
+    assert predict.main([str(tiny_run), "--task", "sst", "--input", str(lines),
+                         "--output", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"wrote 2 predictions to {out.resolve()}" and out.is_file()
