@@ -334,3 +334,26 @@ def test_default_with_an_unwritable_cache_still_loads(tmp_path, default_model):
     np.testing.assert_array_equal(
         np.asarray(params["embeddings"]["word_embeddings"]["embedding"]),
         np.asarray(default_model[1]["embeddings"]["word_embeddings"]["embedding"]))
+
+
+class _Payload:
+    """A pickled object whose unpickling would run code: it must never be built."""
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    _Payload.ran = True
+    return "ran"
+
+
+def test_a_pickle_with_a_disallowed_global_is_refused_and_never_runs(tmp_path, tiny_torch):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": tiny_torch.state_dict(), "payload": _Payload()}, path)
+    _Payload.ran = False
+    with pytest.raises(ConversionError, match=r"evil.pt: cannot read this PyTorch checkpoint: "
+                                              r"it pickles .*_mark_ran.*, which is not allowed"):
+        convert_checkpoint(path, verbose=False)
+    assert not _Payload.ran

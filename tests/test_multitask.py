@@ -498,3 +498,16 @@ def test_resume_refuses_a_new_length_when_the_schedule_depends_on_it(tiny_init, 
     train_and_evaluate(constant.replace(max_steps=5), tmp_path / "constant", files,
                        progress=False, resume=True)
     assert RunCheckpoints(tmp_path / "constant").latest_step() == 5
+
+
+def test_cli_no_skip_bad_rows_names_the_file_and_line(tiny_init, data_dir, tmp_path, capsys):
+    """quora-dev.csv has two rows without a label: skipped by default, an error naming the
+    first with --no-skip-bad-rows, before any training."""
+    code = main(["--init", str(tiny_init), "--data-dir", str(data_dir), "--out",
+                 str(tmp_path / "run"), "--max-length", "32", "--limit-train", "16",
+                 "--max-steps", "1", "--no-skip-bad-rows", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err[-1].startswith("error: ") and "quora-dev.csv, line 2577:" in err[-1]
+    assert "is_duplicate is empty" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "run" / "last").exists()

@@ -190,3 +190,27 @@ def test_layer_lr_decay_scales_each_encoder_layer():
         make_optimizer(cfg.replace(layer_lr_decay=decay), 10)
     with pytest.raises(ValueError, match="layer_lr_decay"):
         cfg.replace(layer_lr_decay=0.0)
+
+
+def test_schedule_warmup_then_linear_decay_to_zero():
+    from train.step import make_schedule
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, linear_decay=True)
+    schedule = make_schedule(cfg, total_steps=110)
+    want = lambda s: 1e-3 * s / 10 if s < 10 else 1e-3 * (1 - (s - 10) / 100)
+    for s in (0, 1, 5, 10, 11, 60, 109, 110):
+        assert float(schedule(s)) == pytest.approx(want(s), abs=1e-9), s
+    assert float(make_schedule(TrainConfig(lr=1e-3), 110)(77)) == pytest.approx(1e-3)
+
+
+def test_grad_clip_scales_the_gradient_to_the_global_norm():
+    """With eps = 1 Adam's first update is lr * g / (|g| + 1): it shows the gradient's scale, so
+    a clipped gradient (global norm 1) moves the parameters by a known, smaller amount."""
+    params = {"bert": {"w": np.zeros((3,), np.float32)}, "head": {"b": np.zeros((1,), np.float32)}}
+    grads = {"bert": {"w": np.full((3,), 10.0, np.float32)}, "head": {"b": np.full((1,), 10.0,
+                                                                                  np.float32)}}
+    norm = 10.0 * np.sqrt(4)
+    for clip, scale in ((0.0, 1.0), (1.0, 1.0 / norm), (1000.0, 1.0)):
+        tx = make_optimizer(TrainConfig(lr=1.0, eps=1.0, grad_clip=clip), 10)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        g = 10.0 * scale
+        np.testing.assert_allclose(np.asarray(updates["bert"]["w"]), -g / (g + 1.0), rtol=1e-5)
