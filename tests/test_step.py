@@ -125,16 +125,38 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
                 if packed:
                     batch = _as_packed(batch, len(devices), 32)
                 state, metrics = step(state, shard_batch(batch, mesh))
-            results.append((jax.device_get(state.params), float(metrics["loss"])))
-    (one, loss_one) = results[0]
-    for other, loss_other in results[1:]:
+            results.append((jax.device_get(state.params), float(metrics["loss"]),
+                            float(metrics["grad_norm"])))
+    (one, loss_one, norm_one) = results[0]
+    for other, loss_other, norm_other in results[1:]:
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, other))
-        print("max param diff", max(diffs), "losses", loss_one, loss_other)
+        print("max param diff", max(diffs), "losses", loss_one, loss_other,
+              "grad norms", norm_one, norm_other)
         assert max(diffs) < 1e-5, max(diffs)
         assert abs(loss_one - loss_other) < 1e-5
+        # the gradients themselves, not only Adam's scale-free step: a sum instead of a mean
+        # over devices would give 4x the norm and still nearly the same parameters
+        assert abs(norm_one - norm_other) < 1e-4 * norm_one, (norm_one, norm_other)
+
+    # Dropout masks differ per device: 4 identical shards with dropout on give a loss (the mean
+    # of the devices' losses) other than 2 of them, unless every device drew the same mask.
+    shard = synthetic_batch(np.random.default_rng(5), batch=2)
+    losses = {}
+    for n in (2, 4):
+        model, params, cfg = _tiny_setup(lr=1e-5)
+        mesh = make_mesh(jax.devices()[:n])
+        tx = make_optimizer(cfg, 10)
+        state = create_state(params, tx, 0, mesh)
+        step = make_train_step(model, tx, mesh, deterministic=False)
+        batch = {k: np.concatenate([v] * n) for k, v in shard.items()}
+        _, metrics = step(state, shard_batch(batch, mesh))
+        losses[n] = float(metrics["loss"])
+    print("dropout losses", losses)
+    assert abs(losses[2] - losses[4]) > 1e-6, losses
 """)
 
 
+@pytest.mark.slow
 def test_data_parallel_on_four_devices_equals_one_device():
     """Padded and packed batches: 4 CPU devices (gradient mean) reach the parameters of 1."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",

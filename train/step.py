@@ -1,8 +1,9 @@
 """Losses, the optimiser, the device mesh and the jit-compiled train and eval steps.
 
 The train step is one per-device program (`jax.shard_map` over the mesh's "data" axis) holding the
-forward pass, the summed task losses, the gradient, a `lax.pmean` of the gradients across devices
-and the optax update: what `pmap` did, in the supported API, and multi-host ready. One device runs
+forward pass, the summed task losses (`lax.pmean` over the devices: the global batch's mean), the
+gradient (shard_map's autodiff sums the replicated parameters' cotangents over the devices, so it
+is the global mean gradient) and the optax update: what `pmap` did, in the supported API, and multi-host ready. One device runs
 the same code with a mesh of one.
 """
 from __future__ import annotations
@@ -146,11 +147,15 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
             outputs = model.apply({"params": params}, batch, deterministic=deterministic,
                                   rngs={"dropout": rng})
             losses = task_losses(outputs, batch)
+            if not single:  # the global batch's mean loss
+                losses = jax.lax.pmean(losses, DATA_AXIS)
             return sum(losses.values()), losses
 
+        # The parameters are replicated (unvarying over the "data" axis), so shard_map's
+        # autodiff already sums their cotangents over the devices: the gradient of the mean loss
+        # above is the global mean gradient, with no all-reduce of our own. (An explicit pmean
+        # of per-device gradients here would be a no-op on sums: 4x the gradient on 4 devices.)
         (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        if not single:
-            grads, loss, losses = jax.lax.pmean((grads, loss, losses), DATA_AXIS)
 
         def update():
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
