@@ -8,7 +8,7 @@ ARGS ?=
 
 OUT ?= checkpoints/main
 
-.PHONY: install install-dev train train-full test bench clean-venv
+.PHONY: install install-dev train train-full test test-fast bench clean-venv
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ train: $(VENV)/.core
 train-full: $(VENV)/.core
 	$(PY) -m train.multitask --preset more-epochs --out checkpoints/more-epochs $(ARGS)
 
+## The full suite (what CI runs), and the fast subset for the edit-test loop (no test marked
+## slow: subprocesses, multi-device runs, notebooks, real-model training).
 test: $(VENV)/.dev
 	$(PY) -m pytest $(ARGS)
+
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 bench: $(VENV)/.dev
 	$(PY) -m bert_jax.bench $(ARGS)
