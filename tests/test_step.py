@@ -236,3 +236,30 @@ def test_grad_clip_scales_the_gradient_to_the_global_norm():
         updates, _ = tx.update(grads, tx.init(params), params)
         g = 10.0 * scale
         np.testing.assert_allclose(np.asarray(updates["bert"]["w"]), -g / (g + 1.0), rtol=1e-5)
+
+
+def test_backend_report_warns_when_an_accelerator_build_fell_back_to_cpu(monkeypatch):
+    import importlib.metadata
+    from train import step as step_lib
+    line, warning = step_lib.backend_report()
+    assert f"on {jax.default_backend()}: {jax.device_count()} device(s)" in line
+    assert warning is None  # this machine has no accelerator build of JAX
+    real = importlib.metadata.version
+
+    def with_cuda_plugin(name):
+        return "0.10.2" if name == "jax-cuda12-plugin" else real(name)
+    monkeypatch.setattr(importlib.metadata, "version", with_cuda_plugin)
+    _, warning = step_lib.backend_report()
+    assert warning.startswith("jax-cuda12-plugin 0.10.2 is installed but JAX runs on the CPU")
+
+
+def test_install_extras_name_jaxs_own_accelerator_extras():
+    import configparser
+    from pathlib import Path
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    extras = cfg["options.extras_require"]
+    assert extras["cuda"].split() == ["jax[cuda12]>=0.7"]
+    assert extras["tpu"].split() == ["jax[tpu]>=0.7"]
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "EXTRA := [$(ACCEL)]" in makefile and "$(PIP) -e '.$(EXTRA)'" in makefile

@@ -8,6 +8,7 @@ the same code with a mesh of one.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from typing import Any
 
@@ -214,3 +215,29 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> No
         raise ConfigError(
             f"the global {what} {batch_size} does not split evenly over {devices} devices: "
             f"use a multiple of {devices} (e.g. --batch-size {devices * max(1, batch_size // devices)})")
+
+
+# Packages that put JAX on an accelerator: installed, yet the backend is "cpu", means JAX could
+# not use the device (no driver, no device visible, a version mismatch) and fell back silently.
+ACCELERATOR_PACKAGES = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda12-pjrt",
+                        "jax-rocm60-plugin", "libtpu", "libtpu-nightly")
+
+
+def backend_report() -> tuple[str, str | None]:
+    """(a line naming the backend and its devices, a one-line warning or None when a GPU/TPU
+    build of JAX is installed but JAX fell back to the CPU)."""
+    installed = []
+    for name in ACCELERATOR_PACKAGES:
+        try:
+            installed.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    devices = jax.devices()
+    line = (f"JAX {jax.__version__} on {jax.default_backend()}: {len(devices)} device(s) "
+            f"({devices[0].device_kind}), {jax.process_count()} process(es)")
+    warning = None
+    if installed and jax.default_backend() == "cpu":
+        warning = (f"{', '.join(installed)} is installed but JAX runs on the CPU: it found no "
+                   "usable GPU/TPU (check `nvidia-smi` or the TPU runtime, and `python -c 'import "
+                   "jax; print(jax.devices())'`); training continues on the CPU")
+    return line, warning
