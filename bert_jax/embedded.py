@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bert_jax.hub import hub_model_dir, looks_like_hub_id
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
@@ -33,12 +35,15 @@ def is_default_name(name_or_path: str | Path) -> bool:
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A folder holding `config.json` and `vocab.txt`: the embedded default by name, or a path."""
+    """A folder holding `config.json` and `vocab.txt`: the embedded default by name, a path, or
+    a HuggingFace model name (`bert-base-uncased`; see `bert_jax.hub`)."""
     if is_default_name(name_or_path):
         return embedded_model_dir()
+    if looks_like_hub_id(str(name_or_path)):
+        return hub_model_dir(str(name_or_path))
     folder = Path(name_or_path)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder}: no such folder. Pass {DEFAULT_MODEL!r} (the embedded default), a folder "
-            "written by `python -m bert_jax.convert`, or a HuggingFace BERT folder")
+            "written by `python -m bert_jax.convert`, a HuggingFace BERT folder or model name")
     return folder

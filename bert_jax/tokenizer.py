@@ -6,6 +6,7 @@ batch to a length bucket itself.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -56,9 +57,16 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> "Tokenizer":
-        """From a model name (e.g. the embedded default) or a folder holding `vocab.txt`."""
+        """From a model name (the embedded default, a HuggingFace name) or a folder holding
+        `vocab.txt`; its `tokenizer_config.json` (`do_lower_case`, `strip_accents`) is honoured,
+        so a cased model tokenizes as `BertTokenizerFast` does."""
         folder = resolve_model_dir(name_or_path)
-        return cls(folder / "vocab.txt")
+        settings = {}
+        config_file = folder / "tokenizer_config.json"
+        if config_file.is_file():
+            settings = json.loads(config_file.read_text(encoding="utf-8"))
+        return cls(folder / "vocab.txt", lowercase=bool(settings.get("do_lower_case", True)),
+                   strip_accents=settings.get("strip_accents"))
 
     def _encode(self, texts, texts_pair, max_length):
         if isinstance(texts, str):

@@ -1,0 +1,79 @@
+"""bert_jax.hub: a HuggingFace model name resolves from a local cache laid out as huggingface_hub
+lays it out (offline), the offline error path, and a cased vocabulary tokenizes as
+BertTokenizerFast does."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import require
+
+from bert_jax import load_pretrained
+from bert_jax.tokenizer import Tokenizer
+
+transformers = require("transformers")
+torch = require("torch")
+
+TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64)
+CASED_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Hello", "hello", "World", "world",
+               "caf", "##é", "##e", "café", "!", "Paris", "paris"]
+
+
+def hub_cache(root, repo_id, files: dict[str, bytes], revision="0123456789abcdef" * 2 + "abcd"):
+    """What huggingface_hub leaves on disk after a download: blobs, a snapshot, refs/main."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, data in files.items():
+        blob = repo / "blobs" / f"blob-{name}"
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+@pytest.fixture()
+def offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_a_hub_name_resolves_from_the_local_cache_offline(offline_cache, tmp_path):
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**TINY))
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(CASED_VOCAB + [f"w{i}" for i in range(48)]))
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    hub_cache(offline_cache, "org/tiny-bert", files)
+    config, params = load_pretrained("org/tiny-bert")
+    want_config, want = load_pretrained(folder)
+    assert config == want_config
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert Tokenizer.from_pretrained("org/tiny-bert").vocab_size == 64
+
+
+def test_offline_without_a_cached_copy_says_how_to_get_it(offline_cache):
+    with pytest.raises(FileNotFoundError) as err:
+        load_pretrained("bert-base-uncased")
+    text = str(err.value)
+    assert text.startswith("bert-base-uncased: not in the local HuggingFace cache")
+    assert "HF_HUB_OFFLINE is set" in text and "hf download bert-base-uncased" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_tokenizer_config_decides_the_case(tmp_path, lowercase):
+    (tmp_path / "vocab.txt").write_text("\n".join(CASED_VOCAB) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lowercase}))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    # from_pretrained reads the folder as transformers does (vocab.txt + tokenizer_config.json)
+    ref = transformers.BertTokenizerFast.from_pretrained(tmp_path)
+    for text in ["Hello World !", "hello Paris", "café Paris", "Café world"]:
+        assert ours.encode_ids([text], 32)[0].tolist() == ref(text)["input_ids"], text
