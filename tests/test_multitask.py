@@ -511,3 +511,29 @@ def test_cli_no_skip_bad_rows_names_the_file_and_line(tiny_init, data_dir, tmp_p
     assert err[-1].startswith("error: ") and "quora-dev.csv, line 2577:" in err[-1]
     assert "is_duplicate is empty" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "run" / "last").exists()
+
+
+@pytest.mark.slow
+def test_cli_ends_with_a_closing_block_and_plain_lines_in_a_log(tiny_init, data_dir, tmp_path):
+    """Written to a file: no bars (no carriage returns or escape sequences), a plain line per
+    log point, and a closing block of rounded scores and paths that exist."""
+    log = tmp_path / "train.log"
+    args = ["--init", str(tiny_init), "--data-dir", str(data_dir), "--out", str(tmp_path / "run"),
+            "--max-length", "32", "--limit-train", "80", "--limit-eval", "16",
+            "--eval-batch-size", "16", "--epochs", "1", "--log-every", "5", "--lr", "1e-3"]
+    with log.open("w") as f:  # progress left on: the tool itself decides there is no terminal
+        code = subprocess.run([sys.executable, "-m", "train.multitask", *args], cwd=ROOT,
+                              stdout=f, stderr=subprocess.STDOUT, timeout=900).returncode
+    text = log.read_text()
+    assert code == 0, text
+    assert "\r" not in text and "\x1b" not in text
+    assert re.search(r"train.multitask: step 5: loss \d+\.\d{4}", text)
+    assert "JAX " in text and "device(s)" in text  # the backend line
+    block = text[text.index("dev scores: "):].splitlines()
+    assert re.fullmatch(r"dev scores: sst_acc \d\.\d{3}, para_acc \d\.\d{3}, sts_r -?\d\.\d{3}, "
+                        r"overall \d\.\d{3}", block[0])
+    paths = [Path(line.strip()) for line in block[2:]]
+    assert block[1].startswith("wrote ") and len(paths) >= 6
+    assert all(path.exists() for path in paths), paths
+    best, _, _ = RunCheckpoints(tmp_path / "run", read_only=True).restore(None, "best")
+    assert set(best) == {"params"}  # best/ keeps no optimiser state

@@ -25,18 +25,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
+from bert_jax.config import BertConfig
 from bert_jax.errors import BertJaxError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained
+from bert_jax.token_cache import live_progress
 from bert_jax.tokenizer import Tokenizer
+from train import distributed
 from train import evaluate as eval_lib
 from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run_lock
 from train.config import PRESET_NOTES, PRESETS, RESUMABLE_CHANGES, TASKS, TrainConfig
 from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
-from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
-                        make_train_step, shard_batch)
+from train.step import (backend_report, check_divisible, create_state, make_mesh,
+                        make_optimizer, make_train_step, shard_batch)
 
 log = logging.getLogger("train.multitask")
 
@@ -90,6 +93,8 @@ def load_run_data(cfg: TrainConfig, files: dict[tuple[str, str], Path]) -> RunDa
 
 
 def _write_json_line(path: Path, record: dict) -> None:
+    if jax.process_index() != 0:  # a multi-process run: the first process writes the logs
+        return
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -106,6 +111,8 @@ class _StopSignal:
         self._previous = {}
 
     def __enter__(self):
+        if distributed.handles_signals():  # multi-process: SIGTERM is agreed (stop_signal)
+            return self
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -160,7 +167,6 @@ def _check_model_shapes(out_dir: Path, bert_config, tokenizer: Tokenizer, init: 
             f"vocab_size is {bert_config.vocab_size}; use the vocab.txt that came with the weights")
     saved_path = out_dir / "config.json"
     if resume and saved_path.exists():
-        from bert_jax.config import BertConfig
         saved, now = BertConfig.from_json(saved_path).shape_dict(), bert_config.shape_dict()
         if saved != now:
             diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
@@ -197,7 +203,7 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every process of a multi-host run writes the same folder; the first one holds the lock.
     lock = run_lock(out_dir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
+    with distributed.guard(), lock:
         files = files or data_files(cfg.data_dir or None, cfg.data_overrides())
         return _train(cfg, out_dir, files, resume=cfg.resume, save_every=cfg.save_every,
                       progress=progress, run_data=run_data)
@@ -248,7 +254,8 @@ def _keep_log_until(path: Path, step: int) -> list[dict]:
     the later ones again); returns the records kept."""
     records = _read_log(path)
     kept = [r for r in records if r.get("step", 0) <= step]
-    if path.exists() and len(kept) != len(path.read_text().splitlines()):
+    if (path.exists() and len(kept) != len(path.read_text().splitlines())
+            and jax.process_index() == 0):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, path)
@@ -267,11 +274,16 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
     bert_config, encoder_params = _load_encoder(cfg, dtype)
     run = run_data or load_run_data(cfg, files)
     _check_labels_vary(run.train)
-    log.info("computing in %s on %s", dtype, jax.default_backend())
+    backend, fallback = backend_report()
+    log.info("%s; computing in %s", backend, dtype)
+    if fallback:
+        log.warning(fallback)
     _check_model_shapes(out_dir, bert_config, run.tokenizer, cfg.init, resume)
+    distributed.check_same_run(cfg, run, encoder_params)  # multi-process: same everywhere
     model = MultitaskBert(bert_config, cfg.head_config())
     params = init_multitask_params(bert_config, cfg.head_config(),
                                    jax.random.PRNGKey(cfg.seed), encoder_params)
+    params = distributed.replicate(params, mesh)  # multi-process: skips device_put's gathers
     per_epoch = steps_per_epoch(run.train, cfg)
     total_steps = cfg.epochs * per_epoch
     if cfg.max_steps:
@@ -298,12 +310,14 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
     evaluations = _keep_log_until(metrics_path, start_step)
     _keep_log_until(train_log_path, start_step)
     best_overall = max([best_overall] + [r["overall"] for r in evaluations if "overall" in r])
-    cfg.to_json(out_dir / "train_config.json")
-    bert_config.to_json(out_dir / "config.json")
-    shutil.copyfile(run.tokenizer.vocab_file, out_dir / "vocab.txt")
+    if jax.process_index() == 0:
+        cfg.to_json(out_dir / "train_config.json")
+        bert_config.to_json(out_dir / "config.json")
+        shutil.copyfile(run.tokenizer.vocab_file, out_dir / "vocab.txt")
 
     train_step = make_train_step(model, tx, mesh)
     evaluator = eval_lib.Evaluator(model, mesh, cfg.eval_batch_size)
+    evaluator.predict = distributed.gather_outputs(evaluator.predict, mesh)
 
     def save(step, best=False, scores=None):
         meta = {"step": step, "epoch": step / per_epoch, "best_overall": float(best_overall),
@@ -322,9 +336,10 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         _write_json_line(metrics_path, record)
         log.info("dev at step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
         if is_best:
-            ckpts.save(step, state, {"step": step, "epoch": step / per_epoch,
-                                     "best_overall": float(best_overall), "scores": scores},
-                       best=True)
+            # best/ holds what inference and export need: the parameters, no optimiser state
+            ckpts.save_best(step, state.params, {"step": step, "epoch": step / per_epoch,
+                                                 "best_overall": float(best_overall),
+                                                 "scores": scores})
         return scores
 
     layout = plan_layout(run.train, cfg, total_steps, mesh.devices.size)
@@ -337,7 +352,8 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         scores = evaluate_and_save(start_step)
     batches = iterate_steps(run.train, cfg, layout, start_step, total_steps, run.tokenizer.pad_id)
     prefetch = Prefetcher(batches, lambda arrays: shard_batch(arrays, mesh))
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and live_progress()),
+               unit="step",
                dynamic_ncols=True, desc="train")
     pending, step, watch = [], start_step, LossWatch()
     started = time.perf_counter()
@@ -346,6 +362,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
             for host_batch, device_batch in prefetch:
                 state, metrics = train_step(state, device_batch)
                 step += 1
+                stop.signum = stop.signum or distributed.stop_signal(step)
                 pending.append((step, metrics, host_batch.example_ids))
                 bar.update(1)
                 at_epoch_end = step % per_epoch == 0 or step == total_steps
@@ -369,8 +386,9 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
                "input_wait_fraction": round(prefetch.wait_seconds / max(elapsed, 1e-9), 4),
                "train_step_compiles": compiles, "train_layout": layout.describe(),
                "train_shapes_planned": layout.num_shapes(), "eval_buckets": evaluator.planned}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_run_plots(out_dir)
+    if jax.process_index() == 0:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_plots(out_dir)
     return summary
 
 
@@ -414,6 +432,9 @@ def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch | 
     if watch is not None and "loss" in mean:
         watch.check(pending[-1][0], mean["loss"])
     bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()})
+    if getattr(bar, "disable", False):  # no bar (a log file, --no-progress): a plain line
+        log.info("step %d: %s", pending[-1][0],
+                 ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
     _write_json_line(path, {"step": pending[-1][0], **mean, "time": time.time()})
     pending.clear()
 
@@ -512,8 +533,7 @@ def main(argv=None) -> int:
         parser.error(str(err))
     out = args.out or f"checkpoints/{args.preset}"
     try:
-        if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS"):
-            jax.distributed.initialize()  # multi-host: one process per host, see README
+        distributed.initialize()  # multi-process runs: see train/distributed.py, README
         files = data_files(cfg.data_dir or None, cfg.data_overrides())
         log.info("run %s: %s", out, json.dumps(cfg.to_dict()))
         summary = train_and_evaluate(cfg, out, files, progress=not args.no_progress)
@@ -533,7 +553,15 @@ def main(argv=None) -> int:
             print(f"error: {hint}", file=sys.stderr)
             return 3
         raise
-    print(json.dumps(summary, indent=2))
+    out = Path(out)
+    scores = {k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall") if k in summary}
+    written = [path for path in (out / "best", out / "last", out / "metrics.jsonl",
+                                 out / "train_log.jsonl", out / "summary.json",
+                                 out / "train_config.json",
+                                 out / "plots" / "training_curves.png") if path.exists()]
+    print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s (the training "
+          f"loop, evaluations included); run folder {out.resolve()}")
+    print(eval_lib.closing_block(written, scores, heading="dev scores"))
     return 0
 
 
