@@ -153,11 +153,15 @@ class RunCheckpoints:
         manager = self.last if which == "last" else self.best
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
         abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        # Without a target, arrays saved on devices this process does not have (a run trained on
+        # more devices, or by several processes) load onto this process's first device.
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         failures = []
         for s in steps:
             try:
                 restored = manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(abstract, fallback_sharding=local),
+                    meta=ocp.args.JsonRestore()))
                 if failures:
                     log.warning("skipped damaged checkpoints: %s", "; ".join(failures))
                 return restored.state, restored.meta, s

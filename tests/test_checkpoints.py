@@ -189,3 +189,29 @@ def test_load_run_reads_old_and_new_best_checkpoints(tiny_run, tmp_path):
         np.testing.assert_array_equal(flat_new[path], leaf)
     # every array saved is a parameter (a whole AdamW state holds three per parameter)
     assert len(jax.tree.leaves(restored)) == len(flat_old) < len(jax.tree.leaves(whole)) / 2
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saved_on_more_devices_loads_on_one(tmp_path):
+    """A run trained on 2 devices (or processes) is read by a 1-device reader (predict,
+    evaluate, export): arrays land on the reader's device instead of a topology mismatch."""
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from bert_jax.checkpoints import RunCheckpoints\n"
+        "assert jax.device_count() == 2\n"
+        "mesh = Mesh(jax.devices(), ('data',))\n"
+        "w = jax.device_put(jnp.arange(6.0).reshape(3, 2), NamedSharding(mesh, P()))\n"
+        "RunCheckpoints(sys.argv[1]).save(4, {'params': {'w': w}}, {'step': 4})\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    restored, meta, step = RunCheckpoints(tmp_path, read_only=True).restore(None)
+    assert step == 4 and meta == {"step": 4}
+    np.testing.assert_array_equal(np.asarray(restored["params"]["w"]),
+                                  np.arange(6.0).reshape(3, 2))
