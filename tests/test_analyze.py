@@ -77,13 +77,12 @@ def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_p
                                                       monkeypatch, capsys):
     """train.evaluate's dev outputs of the same checkpoint are read: no model is loaded or
     run, and the report is the one the model gives."""
-    import bert_jax.predict
     from train import analyze as analyze_module
     from train.evaluate import evaluate_run
     run = shutil.copytree(tiny_run, tmp_path / "run")  # the session run is shared read-only
     loads, calls = [], []
-    load, predict = bert_jax.predict.load_model, analyze_module.predict_task
-    monkeypatch.setattr(bert_jax.predict, "load_model",
+    load, predict = analyze_module.load_model, analyze_module.predict_task
+    monkeypatch.setattr(analyze_module, "load_model",
                         lambda *a, **k: loads.append(a) or load(*a, **k))
     monkeypatch.setattr(analyze_module, "predict_task",
                         lambda *a, **k: calls.append(a[3]) or predict(*a, **k))

@@ -21,7 +21,6 @@ FUNCTION_IMPORTS = {
     "bert_jax/predict.py": "temporary: to hoist (no cycle forbids it)",
     "bert_jax/bench/cli.py": "torch and transformers are optional (the torch extra): "
                              "torch_reference is loaded only when PyTorch timings are asked for",
-    "train/analyze.py": "temporary: to hoist (no cycle forbids it)",
 }
 
 

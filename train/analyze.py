@@ -17,15 +17,15 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
-from bert_jax.checkpoints import newest_checkpoint
+from bert_jax.checkpoints import CheckpointError, newest_checkpoint
 from bert_jax.cli import nonnegative_int, output_file, positive_int
 from bert_jax.inference import predict_task
+from bert_jax.predict import load_model
 from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
                             progress_bar)
 
@@ -243,8 +243,6 @@ def main(argv=None) -> int:
     bad = [t for t in tasks if t not in data_lib.TASKS]
     if bad or not tasks:
         parser.error(f"--tasks: unknown {bad or 'empty'}; choose from sst, para, sts")
-    from bert_jax.checkpoints import CheckpointError
-    from bert_jax.predict import load_model
     loaded = []
 
     def model():
