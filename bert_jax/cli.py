@@ -65,3 +65,9 @@ def output_dir(text: str) -> str:
     if any(p.exists() and not p.is_dir() for p in path.parents):
         raise argparse.ArgumentTypeError(f"{text}: a part of the path is a file, not a folder")
     return text
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The `--data-dir DIR` flag every tool that reads the CS224N files shares."""
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the CS224N files (default data/, else ../shared/data)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jax
 
-from bert_jax.cli import nonnegative_int, output_dir, positive_float
+from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_float
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.evaluate import closing_block
 from train.multitask import data_files, train_and_evaluate
@@ -81,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presets", default=",".join(ORDER),
                         help="comma-separated presets to run, in this order (default all "
                              "seven: " + ",".join(ORDER) + ")")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    add_data_dir(parser)
     parser.add_argument("--limit-train", type=nonnegative_int, default=0,
                         help="train on the first N rows per task (default 0: all rows)")
     parser.add_argument("--limit-eval", type=nonnegative_int, default=0,

@@ -23,7 +23,7 @@ import numpy as np
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.checkpoints import CheckpointError, newest_checkpoint
-from bert_jax.cli import nonnegative_int, output_file, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int
 from bert_jax.inference import predict_task
 from bert_jax.predict import load_model
 from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
@@ -220,8 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="which checkpoint of the run to analyse: best dev score, or the "
                              "newest (default best)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    add_data_dir(parser)
     parser.add_argument("--top", type=positive_int, default=10,
                         help="how many examples each ranked list shows (default 10)")
     parser.add_argument("--tasks", default="sst,para,sts",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
-from bert_jax.cli import nonnegative_int, output_dir, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int
 from bert_jax.checkpoints import CheckpointError, load_run
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
@@ -269,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="which checkpoint of the run to score: best dev score, or the "
                              "newest (default best)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    add_data_dir(parser)
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="sentences (or pairs) per forward pass (default 64)")
     parser.add_argument("--limit", type=nonnegative_int, default=0,

@@ -24,7 +24,7 @@ import optax
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
-from bert_jax.cli import nonnegative_int, output_file, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int
 from bert_jax.data import TaskData
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
@@ -112,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", default="all-MiniLM-L6-v2", metavar="MODEL",
                         help="the frozen encoder: 'all-MiniLM-L6-v2' (the embedded default) or "
                              "a folder written by bert_jax.convert")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder with the CS224N files (default data/, else ../shared/data)")
+    add_data_dir(parser)
     parser.add_argument("--max-length", type=positive_int, default=128,
                         help="tokens per sentence; longer ones are truncated (default 128)")
     parser.add_argument("--limit-train", type=nonnegative_int, default=0,
