@@ -128,15 +128,18 @@ def test_dropout(batches, default_model):
     assert not np.allclose(noisy[0], first)
 
 
-def test_jit_matches_eager(batches, default_model):
+def test_jit_matches_torch(batches, default_model, minilm_torch):
+    """The compiled encoder (what training and inference run) against PyTorch, not against
+    itself: XLA fusions may not change the numbers beyond float32 noise."""
     config, params = default_model
     batch = batches["pairs"]
     model = BertModel(config)
     apply = jax.jit(lambda p, ids, mask, tt: model.apply({"params": p}, ids, mask, tt))
     jitted = apply(params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    eager = jax_forward(config, params, batch)
-    np.testing.assert_allclose(jitted.last_hidden_state, eager.last_hidden_state, atol=1e-5)
-    np.testing.assert_allclose(jitted.pooler_output, eager.pooler_output, atol=1e-5)
+    hidden, pooled, _ = torch_forward(minilm_torch, batch)
+    keep = batch["attention_mask"].astype(bool)
+    assert np.abs(np.asarray(jitted.last_hidden_state)[keep] - hidden[keep]).max() < ATOL
+    assert np.abs(np.asarray(jitted.pooler_output) - pooled).max() < ATOL
 
 
 def test_cudnn_attention_is_refused_off_gpu_with_a_clear_message():
