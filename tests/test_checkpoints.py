@@ -168,9 +168,16 @@ def test_load_run_reads_old_and_new_best_checkpoints(tiny_run, tmp_path):
     (`save_best`). load_run, and so MultitaskModel.load and the export, read both alike."""
     import shutil
     from bert_jax.checkpoints import load_run
-    old = load_run(tiny_run, "best")
-    whole, _, _ = RunCheckpoints(tiny_run, read_only=True).restore(None, "best")
-    assert "opt_state" in whole  # tiny_run's best/ holds a whole state (the old layout)
+    # An old run: best/ holding a whole training state (the last one, written as before)
+    whole, meta, step = RunCheckpoints(tiny_run, read_only=True).restore(None, "last")
+    assert "opt_state" in whole
+    old_run = tmp_path / "old"
+    shutil.copytree(tiny_run, old_run)
+    shutil.rmtree(old_run / "best")
+    ckpts = RunCheckpoints(old_run)
+    ckpts._write(ckpts.best, step, whole, meta)
+    ckpts.close()
+    old = load_run(old_run, "best")
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
