@@ -28,7 +28,9 @@ from train.distributed import Launch, describe_differences, launch_from_env
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT = 5  # BERT_JAX_HEARTBEAT_TIMEOUT of the test runs: a dead peer is noticed in seconds
 RUN_TIMEOUT = 420  # seconds one process may run (a loaded machine); the tests stay far below
-STEPS = 6  # 8 steps per epoch on 64 examples per task; checkpoints at 2, 4, 6
+STEPS = 16  # 16 steps per epoch on 128 examples per task; a checkpoint every 2 steps
+# (long enough that a signal sent after the checkpoint of step 2 lands before the last step,
+# even on a loaded machine: JAX acts on a SIGTERM at the next step)
 
 
 # --------------------------------------------------------------------------- the launch, alone
@@ -113,11 +115,11 @@ def free_port() -> int:
 
 
 def run_args(tiny_model_dir, data_dir, out, *extra) -> list[str]:
-    """The tiny model on 64 examples per task, dropout on (the preset's 0.1), STEPS steps,
+    """The tiny model on 128 examples per task, dropout on (the preset's 0.1), STEPS steps,
     checkpoints every 2 steps, dev scores on 16 examples per task at the end."""
     return ["--no-progress", "--preset", "concat", "--init", str(tiny_model_dir),
             "--data-dir", str(data_dir), "--out", str(out), "--max-length", "32",
-            "--num-buckets", "1", "--limit-train", "64", "--limit-eval", "16",
+            "--num-buckets", "1", "--limit-train", "128", "--limit-eval", "16",
             "--eval-batch-size", "16", "--epochs", "1", "--max-steps", str(STEPS),
             "--save-every", "2", "--log-every", "2", "--lr", "1e-3", *extra]
 
@@ -239,7 +241,7 @@ def test_two_processes_train_as_one_process_with_two_devices(
     for key in ("sst_acc", "para_acc", "sts_r", "overall"):
         assert dev[0][key] == pytest.approx(ref_dev[0][key], abs=1e-5)
     losses = read_lines(out / "train_log.jsonl")
-    assert [r["step"] for r in losses] == [2, 4, 6]
+    assert [r["step"] for r in losses] == list(range(2, STEPS + 1, 2))
     for ours, ref in zip(losses, read_lines(one_process_run / "train_log.jsonl")):
         assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
@@ -273,7 +275,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resume_matches(
     assert max_difference(params, final_state(one_process_run)[1]) <= 1e-5
     # Each step logged once: the stop flushed its losses, the resumed run went on after it.
     logged = [r["step"] for r in read_lines(out / "train_log.jsonl")]
-    assert logged == sorted({2, 4, int(stopped[0]), STEPS}), logged
+    k = int(stopped[0])  # logged every 2 steps, at the stop, every 2 after it, at the end
+    assert logged == sorted(set(range(2, k + 1, 2)) | {k} | set(range(k + 2, STEPS, 2))
+                            | {STEPS}), logged
 
 
 @pytest.mark.slow
@@ -312,7 +316,7 @@ def test_processes_with_other_settings_or_data_are_refused_at_start(
     out = tmp_path / "run"
     with Processes(compile_cache, tmp_path / "logs") as procs:
         pair = procs.start_two(lambda i: run_args(tiny_model_dir, data_dir, out, *(
-            ["--lr", "2e-3", "--limit-train", "72"] if i == 1 else [])))
+            ["--lr", "2e-3", "--limit-train", "136"] if i == 1 else [])))
         codes = procs.wait(pair, timeout=240)
         outputs = [procs.output(p) for p in pair]
     assert codes == [2, 2], outputs
@@ -321,7 +325,7 @@ def test_processes_with_other_settings_or_data_are_refused_at_start(
         assert len(errors) == 1, output
         assert "the processes of this multi-process run differ in" in errors[0]
         assert "--lr (process 0: 0.001; process 1: 0.002)" in errors[0]
-        assert "--limit-train (process 0: 64; process 1: 72)" in errors[0]
-        assert "sst train data (process 0: 64 examples from " in errors[0]
+        assert "--limit-train (process 0: 128; process 1: 136)" in errors[0]
+        assert "sst train data (process 0: 128 examples from " in errors[0]
         assert "Traceback" not in output
     assert not (out / "last").exists()  # refused before any step
