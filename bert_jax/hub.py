@@ -1,9 +1,8 @@
 """HuggingFace model names (`bert-base-uncased`, `org/name`) resolved to a local folder through
-`huggingface_hub`: from its local cache first, downloaded when online, never otherwise.
-
-Only the files a BERT encoder needs are fetched (config, weights, vocabulary, tokenizer files).
-Offline (`HF_HUB_OFFLINE=1`, or no network) with no cached copy, the error says in one line how
-to get the files.
+`huggingface_hub`'s local cache. Nothing is downloaded unless asked: with `BERT_JAX_DOWNLOAD=1`
+(and `HF_HUB_OFFLINE` unset) a model missing from the cache is fetched, only the files a BERT
+encoder needs (config, weights, vocabulary, tokenizer files). Otherwise a missing model is a
+one-line error saying how to get the files.
 """
 from __future__ import annotations
 
@@ -38,8 +37,14 @@ def _cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
+def download_allowed() -> bool:
+    """Downloads are opt-in (`BERT_JAX_DOWNLOAD=1`) and never under `HF_HUB_OFFLINE`."""
+    return os.environ.get("BERT_JAX_DOWNLOAD") == "1" and not _offline()
+
+
 def hub_model_dir(repo_id: str) -> Path:
-    """The local folder of `repo_id`'s encoder files: cached, else downloaded (when online)."""
+    """The local folder of `repo_id`'s encoder files: from the cache; downloaded only when
+    `download_allowed()`."""
     cache = _cache_dir()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES, cache_dir=cache,
@@ -49,9 +54,11 @@ def hub_model_dir(repo_id: str) -> Path:
     how = (f"fetch it where there is network (`hf download {repo_id} "
            f"{' '.join(MODEL_FILES[:4])} model.safetensors`) into the cache that HF_HOME / "
            "HF_HUB_CACHE name here, or pass the folder of its files")
-    if _offline():
+    if not download_allowed():
+        why = ("HF_HUB_OFFLINE is set" if _offline() else
+               "downloads are off (set BERT_JAX_DOWNLOAD=1 to fetch it)")
         raise FileNotFoundError(f"{repo_id}: not in the local HuggingFace cache ({cache}) and "
-                                f"HF_HUB_OFFLINE is set: {how}")
+                                f"{why}: {how}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES, cache_dir=cache))
     except Exception as err:  # noqa: BLE001 - network, auth, unknown repo: one message

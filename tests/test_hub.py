@@ -77,3 +77,26 @@ def test_tokenizer_config_decides_the_case(tmp_path, lowercase):
     ref = transformers.BertTokenizerFast.from_pretrained(tmp_path)
     for text in ["Hello World !", "hello Paris", "café Paris", "Café world"]:
         assert ours.encode_ids([text], 32)[0].tolist() == ref(text)["input_ids"], text
+
+
+def test_nothing_is_downloaded_unless_asked(tmp_path, monkeypatch):
+    """Without BERT_JAX_DOWNLOAD=1 a model missing from the cache is an error, and no network
+    call is made; with it (and offline unset) the download is attempted."""
+    from bert_jax import hub
+    calls = []
+
+    def fake_snapshot(repo_id, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        if kwargs.get("local_files_only"):
+            raise hub.LocalEntryNotFoundError("not cached")
+        return str(tmp_path)
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BERT_JAX_DOWNLOAD", raising=False)
+    with pytest.raises(FileNotFoundError, match="downloads are off \\(set BERT_JAX_DOWNLOAD=1"):
+        hub.hub_model_dir("bert-base-uncased")
+    assert calls == [True]  # the cache was read, the network never
+    monkeypatch.setenv("BERT_JAX_DOWNLOAD", "1")
+    assert hub.hub_model_dir("bert-base-uncased") == tmp_path
+    assert calls == [True, True, False]
