@@ -237,25 +237,19 @@ def _check_labels_vary(train: dict[str, data_lib.TaskData]) -> None:
                 "keeps the first N rows)")
 
 
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill: dropped below
-            continue
-    return records
-
-
 def _keep_log_until(path: Path, step: int) -> list[dict]:
     """Rewrite a JSON-lines log keeping only records of steps <= `step` (a resumed run writes
-    the later ones again); returns the records kept."""
-    records = _read_log(path)
-    kept = [r for r in records if r.get("step", 0) <= step]
-    if (path.exists() and len(kept) != len(path.read_text().splitlines())
-            and jax.process_index() == 0):
+    the later ones again; a line cut short by a kill is dropped); returns the records kept."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(record)
+    if len(kept) != len(lines) and jax.process_index() == 0:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, path)
