@@ -10,10 +10,16 @@
   with their ids, which `python -m train.analyze` reads instead of running the model again;
 - `sst_confusion.png`, `para_histograms.png`, `sts_scatter.png`: dev predictions against gold.
 It ends by printing the rounded scores and the path of every file written.
+
+`python -m train.evaluate RUN1 RUN2 ... --out DIR [--combine ensemble|soup]` writes the same
+files for several runs predicting as one (train/ensemble.py): an ensemble (averaged
+probabilities and scores; the default) or a soup (averaged weights); `scores.json` then names
+every run and checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -28,12 +34,13 @@ from tqdm.auto import tqdm
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int
-from bert_jax.checkpoints import CheckpointError, load_run
+from bert_jax.checkpoints import CheckpointError, RunFiles, load_run, read_json
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
 from bert_jax.plots import write_eval_plots
 from bert_jax.token_cache import live_progress
 from bert_jax.tokenizer import Tokenizer
+from train.ensemble import COMBINE_METHODS, CombineError, combine_outputs, uniform_soup
 from train.step import DATA_AXIS, make_mesh, make_predict_step
 
 SCORE_KEYS = ("sst_acc", "para_acc", "sts_r", "overall")
@@ -176,69 +183,116 @@ def write_predictions(path: Path, task: str, ids: list[str], predictions: np.nda
 FALLBACK_PREDICTION = {"sst": 2, "para": 0, "sts": 2.5}
 
 
-def _predict_every_row(evaluator: Evaluator, params, path: Path, task: str, tokenizer,
-                       max_length: int, limit: int, progress: bool
-                       ) -> tuple[list[str], np.ndarray, dict[str, int], np.ndarray]:
-    """(every id of the file in order, a prediction per id, {id: row of the predicted rows},
-    the predicted rows' raw outputs).
-
-    Every row with text is predicted, labeled or not; a row without usable text gets
-    `FALLBACK_PREDICTION`, so a prediction file covers every id of its input.
-    """
+def _predict_rows(evaluator: Evaluator, params, path: Path, task: str, tokenizer,
+                  max_length: int, limit: int, progress: bool, desc: str
+                  ) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """(every id of the file in order, {id: row of the predicted rows}, the predicted rows' raw
+    outputs). Every row with text is predicted, labeled or not."""
     data = data_lib.load_task(path, task, "test", tokenizer, max_length=max_length,
                               limit=limit or None, skip_bad_rows=True, labeled=False)
-    outputs = evaluator.outputs(params, data, task, progress, f"eval {task} {path.name}")
-    preds = to_predictions(task, outputs)
+    outputs = evaluator.outputs(params, data, task, progress, desc)
     ids = data_lib.read_ids(path)[:limit or None]
-    index = {ex_id: i for i, ex_id in enumerate(data.example_ids)}
-    every = np.array([preds[index[i]] if i in index else FALLBACK_PREDICTION[task] for i in ids],
-                     preds.dtype)
-    return ids, every, index, outputs
+    return ids, {ex_id: i for i, ex_id in enumerate(data.example_ids)}, outputs
 
 
-def evaluate_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | None = None,
+def _every_row(task: str, ids: list[str], index: dict[str, int], preds: np.ndarray) -> np.ndarray:
+    """A prediction per id of the file: the predicted row's, or `FALLBACK_PREDICTION` for a row
+    without usable text, so a prediction file covers every id of its input."""
+    return np.array([preds[index[i]] if i in index else FALLBACK_PREDICTION[task] for i in ids],
+                    preds.dtype)
+
+
+@dataclasses.dataclass
+class Member:
+    """One model of an evaluation: a run's checkpoint (or a soup of several) ready to predict."""
+    run: RunFiles
+    evaluator: Evaluator
+    tokenizer: Tokenizer
+    max_length: int
+
+
+def _members(run_dirs, which: str, combine: str, batch_size: int
+             ) -> tuple[list[Member], list[dict]]:
+    """(the models to run: one per run for an ensemble, one averaged model for a soup;
+    {run, which, checkpoint_step} of every run read)."""
+    runs = [load_run(r, which) for r in run_dirs]
+    sources = [{"run": str(r.run_dir), "which": r.which, "checkpoint_step": r.meta.get("step")}
+               for r in runs]
+    max_lengths = [int(read_json(r.run_dir / "train_config.json")["max_length"]) for r in runs]
+    if combine == "soup" and len(runs) > 1:
+        first = runs[0]
+        for run, length in zip(runs[1:], max_lengths[1:]):
+            same = (run.bert_config == first.bert_config and run.heads == first.heads
+                    and run.vocab_file.read_bytes() == first.vocab_file.read_bytes()
+                    and length == max_lengths[0])
+            if not same:
+                raise CombineError(
+                    f"{run.run_dir}: its model config, heads, vocabulary or --max-length differ "
+                    f"from {first.run_dir}'s; a soup needs runs of one configuration (use "
+                    "--combine ensemble)")
+        params = uniform_soup([r.params for r in runs], [str(r.run_dir) for r in runs])
+        runs, max_lengths = [dataclasses.replace(first, params=params)], max_lengths[:1]
+    mesh = make_mesh()
+    return [Member(r, Evaluator(MultitaskBert(r.bert_config, r.heads), mesh, batch_size),
+                   Tokenizer(r.vocab_file), length)
+            for r, length in zip(runs, max_lengths)], sources
+
+
+def evaluate_run(run_dir, out_dir: str | Path, data_dir: str | None = None,
                  which: str = "best", batch_size: int = 64, limit: int = 0,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, combine: str = "ensemble") -> dict:
     """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir` holding
     every id of their input file (see `FALLBACK_PREDICTION`); see the module docstring for
-    every file written. Returns what `scores.json` holds."""
-    return _evaluate(run_dir, out_dir, data_dir, which, batch_size, limit, progress)[0]
+    every file written. `run_dir` may be a list of runs, combined as `combine` says
+    (`train.ensemble`). Returns what `scores.json` holds."""
+    run_dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    return _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
+                     combine)[0]
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _evaluate(run_dir, out_dir, data_dir, which, batch_size, limit, progress
-              ) -> tuple[dict, list[Path]]:
+def _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
+              combine="ensemble") -> tuple[dict, list[Path]]:
     """(what scores.json holds, the paths written)."""
-    run = load_run(run_dir, which)
-    max_length = int(json.loads((run.run_dir / "train_config.json").read_text())["max_length"])
+    members, sources = _members(run_dirs, which, combine, batch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written last: a scores.json is never beside the outputs of another (unfinished) evaluation.
     (out_dir / SCORES_FILE).unlink(missing_ok=True)
     base = data_lib.find_data_dir(data_dir)
-    tokenizer = Tokenizer(run.vocab_file)
-    model = MultitaskBert(run.bert_config, run.heads)
-    evaluator = Evaluator(model, make_mesh(), batch_size)
+    first = members[0]
     dev_outputs, dev_predictions, gold, dev_files, written = {}, {}, {}, {}, []
     for task in data_lib.TASKS:
         for split in ("dev", "test"):
             name = data_lib.default_file(task, split)
             if not name or not (base / name).exists():
                 continue
-            ids, preds, index, outputs = _predict_every_row(
-                evaluator, run.params, base / name, task, tokenizer, max_length, limit, progress)
+            rows = []
+            for k, m in enumerate(members):
+                desc = f"eval {task} {name}" + (f" [{k + 1}/{len(members)}]"
+                                                if len(members) > 1 else "")
+                rows.append(_predict_rows(m.evaluator, m.run.params, base / name, task,
+                                          m.tokenizer, m.max_length, limit, progress, desc))
+            ids, index, _ = rows[0]
+            for m, (_, other, _) in zip(members[1:], rows[1:]):
+                if other != index:
+                    raise CombineError(f"{m.run.run_dir}: its tokenizer keeps other rows of "
+                                       f"{base / name} than {first.run.run_dir}'s; an ensemble "
+                                       "needs runs with one vocabulary")
+            outputs = combine_outputs(task, [r[2] for r in rows]) if len(rows) > 1 else rows[0][2]
             path = out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv"
-            write_predictions(path, task, ids, preds)
+            write_predictions(path, task, ids, _every_row(task, ids, index,
+                                                          to_predictions(task, outputs)))
             written.append(path)
             if split == "dev":  # scored on the rows with a valid label
-                gold[task] = data_lib.load_task(base / name, task, split, tokenizer,
-                                                max_length=max_length, limit=limit or None,
-                                                skip_bad_rows=True)
-                rows = np.array([index[i] for i in gold[task].example_ids], np.int64)
-                dev_outputs[task] = outputs[rows]
+                gold[task] = data_lib.load_task(base / name, task, split, first.tokenizer,
+                                                max_length=first.max_length,
+                                                limit=limit or None, skip_bad_rows=True)
+                picked = np.array([index[i] for i in gold[task].example_ids], np.int64)
+                dev_outputs[task] = outputs[picked]
                 dev_predictions[task] = to_predictions(task, dev_outputs[task])
                 dev_files[task] = {"path": str((base / name).resolve()),
                                    "sha256": _sha256(base / name)}
@@ -249,9 +303,12 @@ def _evaluate(run_dir, out_dir, data_dir, which, batch_size, limit, progress
             **dev_outputs, **{f"{t}_ids": np.asarray(gold[t].example_ids, dtype=str)
                               for t in dev_outputs}})
         written.append(out_dir / DEV_OUTPUTS_FILE)
-    scores.update(checkpoint_step=run.meta.get("step"), which=run.which, limit=limit,
-                  max_length=max_length, dev_files=dev_files,
-                  dev_outputs=DEV_OUTPUTS_FILE if dev_outputs else None)
+    single = len(run_dirs) == 1
+    scores.update(checkpoint_step=first.run.meta.get("step") if single else None,
+                  which=first.run.which, limit=limit, max_length=first.max_length,
+                  dev_files=dev_files, dev_outputs=DEV_OUTPUTS_FILE if dev_outputs else None)
+    if not single:
+        scores.update(combine=combine, runs=sources)
     (out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
     written.append(out_dir / SCORES_FILE)
     return scores, written
@@ -261,11 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.evaluate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", metavar="RUN",
-                        help="a run folder written by `python -m train.multitask` (its --out)")
+    parser.add_argument("run_dirs", metavar="RUN", nargs="+",
+                        help="a run folder written by `python -m train.multitask` (its --out); "
+                             "several runs are combined as --combine says")
     parser.add_argument("--out", default=None, type=output_dir, metavar="DIR",
                         help="folder for the prediction files, scores and plots (default "
-                             "RUN/predictions, where `train.analyze` finds them)")
+                             "RUN/predictions, where `train.analyze` finds them; required with "
+                             "several runs)")
+    parser.add_argument("--combine", choices=COMBINE_METHODS, default="ensemble",
+                        help="how several runs predict as one: `ensemble` averages their class "
+                             "probabilities and similarity scores (a forward pass per run), "
+                             "`soup` averages their weights into one model (runs of one "
+                             "configuration only); see train/ensemble.py (default ensemble)")
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="which checkpoint of the run to score: best dev score, or the "
                              "newest (default best)")
@@ -281,15 +345,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "predictions"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.run_dirs) > 1 and not args.out:
+        parser.error(f"{len(args.run_dirs)} runs are combined into new predictions: name their "
+                     "folder with --out DIR")
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "predictions"
     try:
-        scores, written = _evaluate(args.run_dir, out, args.data_dir, args.which,
-                                    args.batch_size, args.limit, not args.no_progress)
-    except (data_lib.DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        scores, written = _evaluate(args.run_dirs, out, args.data_dir, args.which,
+                                    args.batch_size, args.limit, not args.no_progress,
+                                    args.combine)
+    except (data_lib.DataError, CheckpointError, CombineError, FileNotFoundError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    heading = f"dev scores ({scores['which']} checkpoint, step {scores['checkpoint_step']})"
+    if "runs" in scores:
+        heading = (f"dev scores ({scores['combine']} of {len(scores['runs'])} runs, "
+                   f"{scores['which']} checkpoints)")
+    else:
+        heading = f"dev scores ({scores['which']} checkpoint, step {scores['checkpoint_step']})"
     print(closing_block(written, {k: scores[k] for k in SCORE_KEYS if k in scores}, heading))
     return 0
 

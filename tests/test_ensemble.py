@@ -1,0 +1,154 @@
+"""train.ensemble: the ensemble's averaged probabilities and the weight soup, against numpy and
+scipy written out independently; `train.evaluate RUN1 RUN2` end to end on two tiny runs."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import expit, logit, softmax
+
+from train import ensemble, evaluate
+
+
+def test_sst_ensemble_is_the_log_of_the_mean_probabilities():
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(0, 3, (50, 5)) for _ in range(3)]
+    got = ensemble.combine_outputs("sst", logits)
+    want = np.mean([softmax(x, -1) for x in logits], 0)
+    np.testing.assert_allclose(softmax(got.astype(np.float64), -1), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_ensemble_can_disagree_with_averaged_logits():
+    """Averaging probabilities is not averaging logits: one confident model outvotes two
+    lukewarm ones in probability space only where it should."""
+    a = np.array([[10.0, 0, 0, 0, 0]])
+    b = c = np.array([[0.0, 0.5, 0, 0, 0]])
+    probs = ensemble.combine_outputs("sst", [a, b, c])
+    assert probs.argmax(-1)[0] == 0
+    np.testing.assert_allclose(softmax(probs.astype(np.float64), -1),
+                               np.mean([softmax(x, -1) for x in (a, b, c)], 0), rtol=1e-5)
+
+
+def test_para_ensemble_is_the_logit_of_the_mean_probability_even_when_saturated():
+    logits = [np.array([-3.0, 0.1, 40.0, -800.0, 2.0]), np.array([1.0, -0.3, 35.0, -700.0, -2.0])]
+    got = ensemble.combine_outputs("para", logits).astype(np.float64)
+    mean = np.mean([expit(x) for x in logits], 0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[:2], logit(mean[:2]), rtol=1e-5)
+    # mean p = 1 - (e^-40 + e^-35) / 2 is 1 in float64; its logit, exactly:
+    assert got[2] == pytest.approx(35 + np.log(2) - np.log1p(np.exp(-5.0)), rel=1e-6)
+    assert got[3] < -600  # both models sure it is not a paraphrase: stays sure
+    assert got[4] == pytest.approx(0.0, abs=1e-6)  # 0.881 and 0.119 average to 0.5
+
+
+def test_sts_ensemble_is_the_mean_score():
+    scores = [np.array([0.5, 4.0, 2.0]), np.array([1.5, 3.0, 2.5])]
+    np.testing.assert_allclose(ensemble.combine_outputs("sts", scores), [1.0, 3.5, 2.25])
+
+
+def test_soup_is_the_elementwise_mean_in_each_leafs_dtype():
+    trees = [{"a": {"w": jnp.full((2, 3), float(i), jnp.float32)},
+              "b": jnp.full((4,), i, jnp.bfloat16)} for i in (1, 2, 6)]
+    soup = ensemble.uniform_soup(trees, ["r1", "r2", "r3"])
+    np.testing.assert_allclose(np.asarray(soup["a"]["w"]), np.full((2, 3), 3.0))
+    assert soup["b"].dtype == jnp.bfloat16 and float(soup["b"][0]) == 3.0
+
+
+def test_soup_refuses_trees_of_another_shape_naming_the_run():
+    a = {"w": jnp.zeros((2, 3))}
+    with pytest.raises(ensemble.CombineError, match="runs/b: its parameters differ"):
+        ensemble.uniform_soup([a, {"w": jnp.zeros((3, 3))}], ["runs/a", "runs/b"])
+    with pytest.raises(ensemble.CombineError, match="runs/b"):
+        ensemble.uniform_soup([a, {"v": jnp.zeros((2, 3))}], ["runs/a", "runs/b"])
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_run, tmp_path_factory):
+    """The shared tiny run and a copy whose best/ weights are perturbed (another 'seed')."""
+    import shutil
+    from bert_jax.checkpoints import RunCheckpoints, load_run
+    other = tmp_path_factory.mktemp("ensemble") / "run2"
+    shutil.copytree(tiny_run, other)
+    run = load_run(other)
+    keys = iter(jax.random.split(jax.random.PRNGKey(7), len(jax.tree.leaves(run.params))))
+    noisy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape, x.dtype),
+                         run.params)
+    shutil.rmtree(other / "best")
+    store = RunCheckpoints(other)
+    try:
+        store.save_best(int(run.meta["step"]), noisy, run.meta)
+    finally:
+        store.close()
+    return tiny_run, other
+
+
+def _outputs(folder):
+    with np.load(folder / evaluate.DEV_OUTPUTS_FILE) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_evaluate_two_runs_ensemble_and_soup(two_runs, data_dir, tmp_path, capsys):
+    """The ensemble's dev outputs are combine_outputs of each run's own; the soup's are the
+    outputs of one run holding the averaged weights; scores.json names both runs."""
+    a, b = two_runs
+    common = ["--data-dir", str(data_dir), "--limit", "24", "--no-progress"]
+    singles = []
+    for run in (a, b):
+        assert evaluate.main([str(run), "--out", str(tmp_path / run.name)] + common) == 0
+        singles.append(_outputs(tmp_path / run.name))
+    assert not np.allclose(singles[0]["sst"], singles[1]["sst"])  # the runs differ
+    assert evaluate.main([str(a), str(b), "--out", str(tmp_path / "ens")] + common) == 0
+    printed = capsys.readouterr().out
+    assert "dev scores (ensemble of 2 runs, best checkpoints)" in printed
+    ens = _outputs(tmp_path / "ens")
+    for task in ("sst", "para", "sts"):
+        np.testing.assert_array_equal(ens[f"{task}_ids"], singles[0][f"{task}_ids"])
+        np.testing.assert_allclose(ens[task], ensemble.combine_outputs(
+            task, [s[task] for s in singles]), rtol=1e-5, atol=1e-5)
+    scores = json.loads((tmp_path / "ens" / "scores.json").read_text())
+    assert scores["combine"] == "ensemble" and [r["run"] for r in scores["runs"]] == [str(a),
+                                                                                      str(b)]
+    sst = [line.split(" , ")[1].strip() for line in
+           (tmp_path / "ens" / "sst-dev-output.csv").read_text().splitlines()[1:]]
+    assert sst == [str(int(k)) for k in ens["sst"].argmax(-1)]
+
+    assert evaluate.main([str(a), str(b), "--out", str(tmp_path / "soup"), "--combine",
+                          "soup"] + common) == 0
+    soup = _outputs(tmp_path / "soup")
+    from bert_jax.checkpoints import load_run
+    from bert_jax.heads import MultitaskBert
+    from bert_jax.tokenizer import Tokenizer
+    from bert_jax import data as data_lib
+    ra, rb = load_run(a), load_run(b)
+    averaged = jax.tree.map(lambda x, y: (x + y) / 2, ra.params, rb.params)
+    model = MultitaskBert(ra.bert_config, ra.heads)
+    ev = evaluate.Evaluator(model, evaluate.make_mesh(), 64)
+    sts = data_lib.load_task(data_dir / "sts-dev.csv", "sts", "dev", Tokenizer(ra.vocab_file),
+                             max_length=32, limit=24, skip_bad_rows=True)
+    np.testing.assert_allclose(soup["sts"], ev.outputs(averaged, sts, "sts"), rtol=1e-4,
+                               atol=1e-5)
+    assert json.loads((tmp_path / "soup" / "scores.json").read_text())["combine"] == "soup"
+
+
+def test_several_runs_need_out(tiny_run, capsys):
+    with pytest.raises(SystemExit) as info:
+        evaluate.main([str(tiny_run), str(tiny_run)])
+    assert info.value.code == 2 and "--out DIR" in capsys.readouterr().err
+
+
+def test_soup_of_different_configurations_is_one_error_line(tiny_run, tmp_path, data_dir,
+                                                           capsys):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    cfg = json.loads((other / "train_config.json").read_text())
+    cfg["max_length"] = 64
+    (other / "train_config.json").write_text(json.dumps(cfg))
+    code = evaluate.main([str(tiny_run), str(other), "--combine", "soup", "--out",
+                          str(tmp_path / "out"), "--data-dir", str(data_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {other}: its model config") and "\n" == err[-1]
