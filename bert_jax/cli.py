@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+
+def prog(module: str) -> str:
+    """The name `--help` and error lines show for a tool: the console script's own name when it
+    was started as one (`bert-jax-evaluate`), else `python -m MODULE`."""
+    started_as = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return started_as if started_as.startswith("bert-jax-") else f"python -m {module}"
 
 
 def _whole(text: str) -> int:

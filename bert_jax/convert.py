@@ -35,6 +35,7 @@ from bert_jax.converted import Params, save_converted
 from bert_jax.embedded import embedded_model_dir
 from bert_jax.errors import ConversionError
 from bert_jax.weight_names import FORMATS, detect_format, expected_shapes, rename_table
+from bert_jax.cli import prog
 
 
 @dataclasses.dataclass
@@ -214,7 +215,7 @@ def _default_vocab(folder: Path, source_format: str, config: BertConfig,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bert_jax.convert",
+        prog=prog("bert_jax.convert"),
         description="Convert a PyTorch BERT checkpoint into a bert-jax folder: params/ (orbax), "
                     "config.json and vocab.txt.",
         epilog="SRC is a HuggingFace BERT folder (config.json + model.safetensors or "

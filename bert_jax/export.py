@@ -58,6 +58,7 @@ from bert_jax.exported import (EXPORT_INFO, EXPORTED, HEADS_CONFIG, HEADS_WEIGHT
                                encoder_state_dict, heads_state_dict, is_export, load_export)
 from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer
+from bert_jax.cli import prog
 
 FORMATS = ("hf", "sentence-transformers")
 DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
@@ -273,7 +274,7 @@ def _max_length_arg(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bert_jax.export",
+        prog=prog("bert_jax.export"),
         description="Export a bert-jax model for PyTorch: a transformers BertModel folder, or a "
                     "sentence-transformers model, with the task heads beside it.",
         epilog="SRC is a training run folder (--out of train.multitask), a folder written by "

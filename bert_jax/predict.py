@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax.cli import positive_int
+from bert_jax.cli import positive_int, prog
 from bert_jax.errors import BertJaxError
 
 TASK_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
@@ -161,7 +161,7 @@ def write_csv(out, id_name: str, ids: list[str], task: str, outputs: np.ndarray)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bert_jax.predict", description=__doc__,
+        prog=prog("bert_jax.predict"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", metavar="CKPT",
                         help="a run folder of `python -m train.multitask` (e.g. "

@@ -54,7 +54,7 @@ def test_console_script_help_runs_outside_the_repository(script, tmp_path):
     done = subprocess.run([str(path), "--help"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage:") and "--help" in done.stdout
+    assert done.stdout.startswith(f"usage: {script} ") and "--help" in done.stdout
     assert "Traceback" not in done.stderr
 
 
@@ -172,3 +172,11 @@ def test_predict_convert_export_name_what_they_wrote(tiny_model_dir, tiny_run, t
                          "--output", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"wrote 2 predictions to {out.resolve()}" and out.is_file()
+
+
+@pytest.mark.parametrize("argv0, shown", [
+    ("/venv/bin/bert-jax-evaluate", "bert-jax-evaluate"),
+    ("/repo/train/evaluate.py", "python -m train.evaluate"), ("-m", "python -m train.evaluate")])
+def test_usage_names_the_command_the_user_typed(argv0, shown, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [argv0, "--help"])
+    assert _parser("train.evaluate").format_usage().startswith(f"usage: {shown} ")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jax
 
-from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_float
+from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_float, prog
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.evaluate import closing_block
 from train.multitask import data_files, train_and_evaluate
@@ -73,7 +73,7 @@ def table(rows: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("train.ablation"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/ablation", type=output_dir, metavar="DIR",
                         help="root folder: one run folder per preset and results.jsonl "

@@ -23,7 +23,7 @@ import numpy as np
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.checkpoints import CheckpointError, newest_checkpoint
-from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
 from bert_jax.inference import predict_task
 from bert_jax.predict import load_model
 from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
@@ -212,7 +212,7 @@ SCORE_KEYS = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_r"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.analyze", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("train.analyze"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", metavar="RUN",
                         help="a run folder of `python -m train.multitask` (or a model name or "

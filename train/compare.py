@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax.cli import output_file, positive_int
+from bert_jax.cli import output_file, positive_int, prog
 from train.evaluate import closing_block
 
 SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
@@ -80,7 +80,7 @@ def table(rows: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("train.compare"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                         help="run folders of `python -m train.multitask` to tabulate, one row "

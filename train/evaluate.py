@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
-from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int, prog
 from bert_jax.checkpoints import CheckpointError, RunFiles, load_run, read_json
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
@@ -316,7 +316,7 @@ def _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train.evaluate", description=__doc__,
+        prog=prog("train.evaluate"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", metavar="RUN", nargs="+",
                         help="a run folder written by `python -m train.multitask` (its --out); "

@@ -24,7 +24,7 @@ import optax
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
-from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int
+from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
 from bert_jax.data import TaskData
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
@@ -107,7 +107,7 @@ def run(init: str = "all-MiniLM-L6-v2", data_dir: str | None = None, max_length:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.frozen_baseline", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("train.frozen_baseline"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", default="all-MiniLM-L6-v2", metavar="MODEL",
                         help="the frozen encoder: 'all-MiniLM-L6-v2' (the embedded default) or "
