@@ -75,6 +75,7 @@ class MultitaskBert(nn.Module):
     def setup(self):
         cfg, heads = self.config, self.heads
         dense = lambda n, name: nn.Dense(n, name=name, dtype=jnp.dtype(cfg.dtype),
+                                         param_dtype=jnp.dtype(cfg.param_dtype),
                                          kernel_init=nn.initializers.normal(0.02))
         self.bert = BertModel(cfg)
         self.dropout = nn.Dropout(heads.dropout)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bert_jax.config import PRESETS as MODEL_PRESETS
-from bert_jax.heads import MultitaskBert, init_multitask_params
+from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.model import BertModel
 from train.config import PRESETS
 from train.step import create_state, make_mesh, make_optimizer, make_train_step, shard_batch
@@ -111,3 +111,16 @@ def test_the_baselines_untrained_heads_stay_untrained():
     moved = np.abs(np.asarray(after["sst_classifier"]["kernel"])
                    - np.asarray(before["sst_classifier"]["kernel"])).max()
     assert moved > 1e-3  # while the SST head trains
+
+
+def test_the_heads_store_parameters_in_the_encoders_param_dtype():
+    """Issue 14: the heads' dense layers take `param_dtype` as the encoder's layers do."""
+    heads = HeadConfig(para_head="concat", sts_head="linear")  # every dense head
+    for param_dtype in ("float32", "bfloat16"):
+        params = init_multitask_params(CONFIG.replace(param_dtype=param_dtype), heads,
+                                       jax.random.PRNGKey(0))
+        wrong = {jax.tree_util.keystr(path): leaf.dtype.name
+                 for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                 if leaf.dtype != np.dtype(param_dtype)}
+        assert not wrong, (param_dtype, wrong)
+        assert {"sst_classifier", "para_hidden", "para_classifier", "sts_regressor"} <= set(params)
