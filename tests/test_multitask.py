@@ -108,6 +108,15 @@ def test_a_few_dozen_steps_lower_each_task_loss(data_dir, tmp_path):
         assert last < first, (task, first, last)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert len(metrics) == 2 and {"sst_acc", "para_acc", "sts_r", "overall"} <= set(metrics[-1])
+    # The folder holds what the README says a run of the default model holds, within its size:
+    # two whole states in last/ (one per epoch end) and the parameters in best/.
+    stated = re.search(r"a full run of the default model: about ([\d.]+) GB",
+                       (Path(__file__).parents[1] / "README.md").read_text())
+    assert stated, "README.md no longer states a run folder's size"
+    size = sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "last").iterdir()) == [30, 60]
+    assert len(list((tmp_path / "run" / "best").iterdir())) == 1
+    assert size <= 1.1 * float(stated.group(1)) * 1e9, f"{size / 1e6:.0f} MB"
     assert summary["sts_r"] > 0.5  # the pretrained sentence encoder is good at STS from the start
     assert summary["train_step_compiles"] == 1
 
