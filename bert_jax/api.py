@@ -84,10 +84,10 @@ class MultitaskModel:
         self.params = jax.device_put(params)
         module = self.module
         self._predict = jax.jit(
-            lambda p, batch: module.apply({"params": p}, batch, deterministic=True))
+            lambda p, inputs: module.apply({"params": p}, inputs, deterministic=True))
         # Embeddings through the same batching code: pose as task "sst" (one sentence per row).
-        self._embed = jax.jit(lambda p, batch: {"sst": module.apply(
-            {"params": p}, batch["sst_input_ids_1"], batch["sst_attention_mask_1"],
+        self._embed = jax.jit(lambda p, inputs: {"sst": module.apply(
+            {"params": p}, inputs.sst[0].input_ids, inputs.sst[0].attention_mask,
             method=MultitaskBert.embed)})
 
     # ------------------------------------------------------------------------------ building

@@ -1,8 +1,9 @@
 """Task heads on a shared BERT encoder: `MultitaskBert`.
 
 One encoder pass embeds every sentence of a step (SST sentences, both sides of each paraphrase
-and STS pair), then each head reads its slice. The sentences come padded ([B, T] per task) or
-packed several to a row (`bert_jax.packing`). Heads follow the report:
+and STS pair), then each head reads its slice. The sentences come padded ([B, T] per task,
+`PaddedInputs`) or packed several to a row (`PackedInputs`, `bert_jax.packing`); the forward
+pass reads inputs only (labels stay with the loss). Heads follow the report:
 - SST: dropout -> linear -> 5 logits.
 - Paraphrase: "diff" (u - v -> dropout -> linear -> 1 logit) or "concat"
   ([|u - v|, u * v] -> dropout -> dense(hidden) -> ReLU -> dense(1 logit)).
@@ -19,6 +20,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from bert_jax.batch_types import TASK_SENTENCES, PackedInputs, PaddedInputs
 from bert_jax.config import BertConfig
 from bert_jax.model import BertModel, mean_pool, segment_mean_pool
 
@@ -27,9 +29,6 @@ PARA_HEADS = ("diff", "concat")
 STS_HEADS = ("linear", "cosine")
 NUM_SENTIMENT_CLASSES = 5
 COSINE_EPS = 1e-8
-
-# Per task: the batch keys holding sentences ([B, T] ids and masks), in encoder order.
-TASK_SENTENCES = {"sst": ("1",), "para": ("1", "2"), "sts": ("1", "2")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +58,10 @@ class MultitaskBert(nn.Module):
     """BERT encoder + SST, paraphrase and STS heads. Parameters: `bert/...` (the encoder, names as
     `BertModel`), `sst_classifier`, `para_hidden`/`para_classifier`, `sts_regressor`.
 
-    `__call__(batch, deterministic)` takes a dict with, per task present, `{task}_input_ids_{k}` and
-    `{task}_attention_mask_{k}` int arrays [B_task, T] (k = "1", and "2" for pair tasks; every
-    array of a call shares T). It returns `{"sst": logits [B, 5], "para": logits [B],
-    "sts": scores [B]}` for the tasks present.
-
-    Packed batches instead hold `packed_input_ids`, `packed_segment_ids`, `packed_position_ids`
-    [R, L] (see `bert_jax.packing`) and `{task}_labels` [B_task] for the tasks present; segment
-    ids number the sentences in `TASK_SENTENCES` order: the B_sst SST sentences, then the first
-    and the second sentences of the B_para pairs, then those of the B_sts pairs.
+    `__call__(inputs, deterministic)` takes the inputs of a batch, `PaddedInputs` (per task
+    present, its sentences' ids and masks [B_task, T]) or `PackedInputs` (rows [R, L] and the
+    static examples per task, `sizes`); see `bert_jax.batch_types`. It returns
+    `{"sst": logits [B, 5], "para": logits [B], "sts": scores [B]}` for the tasks present.
     """
     config: BertConfig
     heads: HeadConfig = HeadConfig()
@@ -124,22 +118,26 @@ class MultitaskBert(nn.Module):
         x = self.dropout(u - v, deterministic=deterministic)
         return self.sts_regressor(x)[:, 0].astype(jnp.float32)
 
-    def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True):
-        packed = "packed_input_ids" in batch
-        marker = "{}_labels" if packed else "{}_input_ids_1"
-        tasks = [t for t in TASK_SENTENCES if marker.format(t) in batch]
+    def __call__(self, inputs: PaddedInputs | PackedInputs, deterministic: bool = True):
+        if not isinstance(inputs, (PaddedInputs, PackedInputs)):
+            raise TypeError(f"MultitaskBert takes PaddedInputs or PackedInputs (a Batch's "
+                            f"`inputs`), not {type(inputs).__name__}")
+        tasks = inputs.tasks
         if not tasks:
-            raise ValueError(f"the batch holds no task inputs: keys {sorted(batch)}")
-        keys = [(t, k) for t in tasks for k in TASK_SENTENCES[t]]
-        if packed:
-            sizes = [batch[f"{t}_labels"].shape[0] for t, k in keys]
-            pooled = self.embed_packed(batch["packed_input_ids"], batch["packed_segment_ids"],
-                                       batch["packed_position_ids"], sum(sizes), deterministic)
+            raise ValueError(f"the batch holds no task inputs: {type(inputs).__name__} is empty")
+        if isinstance(inputs, PackedInputs):
+            per_task = dict(inputs.sizes)
+            keys = [(t, k) for t in tasks for k in TASK_SENTENCES[t]]
+            sizes = [per_task[t] for t, k in keys]
+            pooled = self.embed_packed(inputs.input_ids, inputs.segment_ids,
+                                       inputs.position_ids, inputs.num_segments, deterministic)
         else:
-            ids = jnp.concatenate([batch[f"{t}_input_ids_{k}"] for t, k in keys])
-            mask = jnp.concatenate([batch[f"{t}_attention_mask_{k}"] for t, k in keys])
+            sides = list(inputs.sides())
+            keys = [(t, k) for t, k, _ in sides]
+            ids = jnp.concatenate([s.input_ids for _, _, s in sides])
+            mask = jnp.concatenate([s.attention_mask for _, _, s in sides])
             pooled = self.embed(ids, mask, deterministic)
-            sizes = [batch[f"{t}_input_ids_{k}"].shape[0] for t, k in keys]
+            sizes = [s.input_ids.shape[0] for _, _, s in sides]
         splits = jnp.split(pooled, np.cumsum(sizes)[:-1].tolist())
         emb = dict(zip(keys, splits))
         out = {}

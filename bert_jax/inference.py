@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from bert_jax.batch_types import PaddedInputs, task_sentences
 from bert_jax.data import TaskData, bucket_length, make_batch
 
 
@@ -18,8 +19,9 @@ def predict_task(predict: Callable, params, data: TaskData, task: str, batch_siz
     """Raw head outputs for every example of `data`: SST logits [n, 5], paraphrase logits [n],
     STS scores [n].
 
-    predict: `(params, batch) -> {task: outputs}` (e.g. `make_predict_step`); place: optional
-    host-to-device transfer of the batch (e.g. sharding over a mesh); progress: optional tqdm.
+    predict: `(params, inputs) -> {task: outputs}` for `PaddedInputs` of `task` alone (e.g.
+    `make_predict_step`); place: optional host-to-device transfer of the inputs (e.g. sharding
+    over a mesh); progress: optional tqdm.
     """
     n = len(data)
     order = np.argsort(data.lengths, kind="stable")
@@ -30,11 +32,11 @@ def predict_task(predict: Callable, params, data: TaskData, task: str, batch_siz
         if real < batch_size:  # fill up with copies of the last example; dropped below
             idx = np.concatenate([idx, np.full(batch_size - real, idx[-1])])
         length = bucket_length(int(data.lengths[idx].max()), buckets)
-        batch = {f"{task}_{k}": v for k, v in make_batch(data, idx, length, pad_id).items()
-                 if "labels" not in k}
+        sentences = task_sentences(make_batch(data, idx, length, pad_id), task)
+        inputs = PaddedInputs(**{task: sentences})
         if place is not None:
-            batch = place(batch)
-        out = np.asarray(predict(params, batch)[task])[:real]
+            inputs = place(inputs)
+        out = np.asarray(predict(params, inputs)[task])[:real]
         if outputs is None:
             outputs = np.zeros((n,) + out.shape[1:], out.dtype)
         outputs[order[start:start + real]] = out

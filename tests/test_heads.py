@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from bert_jax.batch_types import Batch, PaddedInputs, Sentences, TaskLabels
 from bert_jax.config import PRESETS as MODEL_PRESETS
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.model import BertModel
@@ -19,18 +20,19 @@ CONFIG = MODEL_PRESETS["tiny"].replace(vocab_size=100)
 
 def fixed_batch(tasks=("sst", "para", "sts"), batch=4, length=12):
     rng = np.random.default_rng(7)
-    out = {}
+    inputs = {}
     for task in tasks:
+        inputs[task] = []
         for k in ("1",) if task == "sst" else ("1", "2"):
             lengths = rng.integers(3, length + 1, size=batch)
             mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-            out[f"{task}_input_ids_{k}"] = rng.integers(5, 100, (batch, length)).astype(np.int32) * mask
-            out[f"{task}_attention_mask_{k}"] = mask
+            ids = rng.integers(5, 100, (batch, length)).astype(np.int32) * mask
+            inputs[task].append(Sentences(ids, mask))
     labels = {"sst": rng.integers(0, 5, batch).astype(np.int32),
               "para": rng.integers(0, 2, batch).astype(np.int32),
               "sts": rng.uniform(0, 5, batch).astype(np.float32)}
-    out.update({f"{t}_labels": labels[t] for t in tasks})
-    return out
+    return Batch(PaddedInputs(**{t: tuple(s) for t, s in inputs.items()}),
+                 TaskLabels(**{t: labels[t] for t in tasks}))
 
 
 def np_dense(p, x):
@@ -46,8 +48,7 @@ def reference_outputs(params, heads, batch):
         h, m = np.asarray(out.last_hidden_state, np.float64), mask[..., None].astype(np.float64)
         return (h * m).sum(1) / m.sum(1)
 
-    emb = {(t, k): embed(batch[f"{t}_input_ids_{k}"], batch[f"{t}_attention_mask_{k}"])
-           for t, k in (("sst", "1"), ("para", "1"), ("para", "2"), ("sts", "1"), ("sts", "2"))}
+    emb = {(t, k): embed(s.input_ids, s.attention_mask) for t, k, s in batch.inputs.sides()}
     out = {"sst": np_dense(params["sst_classifier"], emb["sst", "1"])}
     u, v = emb["para", "1"], emb["para", "2"]
     if heads.para_head == "diff":
@@ -67,11 +68,11 @@ def reference_outputs(params, heads, batch):
 def reference_losses(out, batch):
     logits = out["sst"] - out["sst"].max(-1, keepdims=True)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ce = -log_probs[np.arange(len(logits)), batch["sst_labels"]].mean()
+    ce = -log_probs[np.arange(len(logits)), batch.labels.sst].mean()
     p = 1 / (1 + np.exp(-out["para"]))
-    y = batch["para_labels"]
+    y = batch.labels.para
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
-    mse = ((out["sts"] - batch["sts_labels"]) ** 2).mean()
+    mse = ((out["sts"] - batch.labels.sts) ** 2).mean()
     return {"sst": ce, "para": bce, "sts": mse}
 
 
@@ -80,12 +81,12 @@ def test_each_preset_computes_the_reports_heads_and_losses(preset):
     heads = PRESETS[preset].head_config()
     params = init_multitask_params(CONFIG, heads, jax.random.PRNGKey(3))
     batch = fixed_batch()
-    got = MultitaskBert(CONFIG, heads).apply({"params": params}, batch, deterministic=True)
+    got = MultitaskBert(CONFIG, heads).apply({"params": params}, batch.inputs, deterministic=True)
     want = reference_outputs(params, heads, batch)
     for task in ("sst", "para", "sts"):
         np.testing.assert_allclose(np.asarray(got[task]), want[task], rtol=1e-4, atol=1e-5,
                                    err_msg=f"{preset} {task}")
-    losses = task_losses(got, batch)
+    losses = task_losses(got, batch.labels)
     for task, value in reference_losses(want, batch).items():
         assert float(losses[task]) == pytest.approx(value, rel=1e-4, abs=1e-5), (preset, task)
     # the parameters present are exactly the heads the preset names

@@ -382,6 +382,31 @@ def test_resume_replaces_a_damaged_checkpoint_and_logs_each_step_once(tiny_init,
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").open()] == [7]
 
 
+def test_cli_resume_falls_back_past_a_damaged_checkpoint(tiny_init, data_dir, tmp_path,
+                                                         capsys):
+    """`--resume` on the command line: the newest last/ checkpoint damaged, the run continues
+    from the one before it (saying which it skipped), trains the lost step again and ends
+    where the undamaged run ended."""
+    out = tmp_path / "run"
+    args = ["--init", str(tiny_init), "--data-dir", str(data_dir), "--out", str(out),
+            "--max-length", "32", "--num-buckets", "2", "--limit-train", "80", "--limit-eval",
+            "16", "--eval-batch-size", "16", "--log-every", "4", "--lr", "1e-3",
+            "--max-steps", "7", "--save-every", "3", "--no-progress"]
+    assert main(args) == 0
+    good = last_params(out)
+    assert sorted(int(p.name) for p in (out / "last").iterdir()) == [6, 7]
+    for path in (out / "last" / "7").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\x00garbage")
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    said = capsys.readouterr().err  # the tool's log lines
+    assert re.search(r"skipped damaged checkpoints: \S+/last/7: ", said), said
+    assert re.search(r"resumed from \S+/last at step 6\n", said), said
+    assert_same_params(good, last_params(out))
+    assert load_run(out, "last").meta["step"] == 7
+
+
 def test_resume_without_a_checkpoint_is_refused_and_a_fresh_start_drops_stale_logs(
         tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))

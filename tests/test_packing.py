@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax.heads import TASK_SENTENCES, HeadConfig, MultitaskBert, init_multitask_params
+from bert_jax.batch_types import TASK_SENTENCES, Batch, PackedInputs
+from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.packing import assign_rows, pack, packing_waste, rows_needed
 from bert_jax.tokenizer import pad_ids
 from train.config import TrainConfig
@@ -88,23 +89,23 @@ def test_packed_encoder_equals_padded_encoder_on_the_default_model(default_model
                                    np.asarray(h_pad)[k, :len(sentence)], atol=1e-4)
 
 
-def _as_packed(batch: dict, shards: int, row_length: int) -> dict:
+def _as_packed(batch: Batch, shards: int, row_length: int) -> Batch:
     """A padded multitask batch repacked per shard, independently of the input pipeline."""
     per_shard = []
+    sizes = tuple((task, len(getattr(batch.labels, task)) // shards) for task in TASK_SENTENCES)
     for s in range(shards):
         sentences = []
-        for task, sides in TASK_SENTENCES.items():
-            n = len(batch[f"{task}_labels"]) // shards
-            for k in sides:
-                ids = batch[f"{task}_input_ids_{k}"][s * n:(s + 1) * n]
-                mask = batch[f"{task}_attention_mask_{k}"][s * n:(s + 1) * n]
+        for task, n in sizes:
+            for side in getattr(batch.inputs, task):
+                ids = side.input_ids[s * n:(s + 1) * n]
+                mask = side.attention_mask[s * n:(s + 1) * n]
                 sentences += [row[:m.sum()] for row, m in zip(ids, mask)]
         per_shard.append(sentences)
     rows = max(rows_needed([len(x) for x in ss], row_length) for ss in per_shard)
     parts = [pack(ss, row_length, rows) for ss in per_shard]
-    out = {f"packed_{k}": np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    out.update({k: v for k, v in batch.items() if k.endswith("_labels")})
-    return out
+    packed = PackedInputs(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
+                          sizes=sizes)
+    return Batch(packed, batch.labels)
 
 
 def test_packed_train_step_equals_padded_train_step():
@@ -150,9 +151,9 @@ def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenize
     for i in range(0, len(plan), 40):
         step = plan[i]
         arrays = make_step_batch(train, step, layout).arrays
-        rows, length = arrays["packed_input_ids"].shape
+        rows, length = arrays.inputs.input_ids.shape
         assert rows % 4 == 0 and rows // 4 in rows_for[length]
-        seg = arrays["packed_segment_ids"]
+        seg = arrays.inputs.segment_ids
         shard = rows // 4
         for s in range(4):  # device s holds examples s*2 .. s*2+1 of each task, in order
             part = seg[s * shard:(s + 1) * shard]
@@ -161,21 +162,22 @@ def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenize
                         for j in step[t][s * 2:(s + 1) * 2]]
             assert part.max() == len(expected)
             for k, sentence in enumerate(expected, start=1):
-                got = arrays["packed_input_ids"][s * shard:(s + 1) * shard][part == k]
+                got = arrays.inputs.input_ids[s * shard:(s + 1) * shard][part == k]
                 np.testing.assert_array_equal(got, sentence)
         for t in cfg.tasks:
-            np.testing.assert_array_equal(arrays[f"{t}_labels"],
-                                          train[t].labels[step[t]].astype(arrays[f"{t}_labels"].dtype))
-        packed = make_step_batch(train, step, one_device).arrays["packed_segment_ids"]
+            labels = getattr(arrays.labels, t)
+            np.testing.assert_array_equal(labels, train[t].labels[step[t]].astype(labels.dtype))
+        packed = make_step_batch(train, step, one_device).arrays.inputs.segment_ids
         # Two processes of two devices each: same shapes, and together the one-process arrays.
         halves = [make_step_batch(train, step, layout, process_index=p, process_count=2).arrays
                   for p in range(2)]
-        for key, value in arrays.items():
-            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), value)
+        assert all(h.inputs.sizes == arrays.inputs.sizes for h in halves)  # static, per device
+        jax.tree.map(lambda value, *parts: np.testing.assert_array_equal(np.concatenate(parts),
+                                                                         value), arrays, *halves)
         real += int((packed > 0).sum())
         positions += packed.size
         padded = make_step_batch(train, step, padded_layout).arrays
-        padded_positions += sum(v.size for k, v in padded.items() if "attention_mask" in k)
+        padded_positions += sum(s.attention_mask.size for _, _, s in padded.inputs.sides())
     # One device: about 8% padding packed, over 50% with one shared padded length per step.
     assert 1 - real / positions < 0.15
     assert 1 - real / padded_positions > 0.4

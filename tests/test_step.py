@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax.batch_types import Batch, PaddedInputs, Sentences, TaskLabels
 from bert_jax.config import PRESETS
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from train.config import TrainConfig
@@ -19,34 +20,35 @@ from train.step import (check_divisible, create_state, make_mesh, make_optimizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int = 8, length: int = 16, vocab: int = 100):
-    out = {}
+def synthetic_batch(rng: np.random.Generator, batch: int = 8, length: int = 16,
+                    vocab: int = 100) -> Batch:
+    inputs = {}
     for task, sentences in (("sst", 1), ("para", 2), ("sts", 2)):
+        inputs[task] = []
         for k in range(1, sentences + 1):
             lengths = rng.integers(3, length + 1, size=batch)
             ids = rng.integers(5, vocab, size=(batch, length)).astype(np.int32)
             mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-            out[f"{task}_input_ids_{k}"] = ids * mask
-            out[f"{task}_attention_mask_{k}"] = mask
-    out["sst_labels"] = rng.integers(0, 5, size=batch).astype(np.int32)
-    out["para_labels"] = rng.integers(0, 2, size=batch).astype(np.int32)
-    out["sts_labels"] = rng.uniform(0, 5, size=batch).astype(np.float32)
-    return out
+            inputs[task].append(Sentences(ids * mask, mask))
+    labels = TaskLabels(sst=rng.integers(0, 5, size=batch).astype(np.int32),
+                        para=rng.integers(0, 2, size=batch).astype(np.int32),
+                        sts=rng.uniform(0, 5, size=batch).astype(np.float32))
+    return Batch(PaddedInputs(**{t: tuple(s) for t, s in inputs.items()}), labels)
 
 
 def test_task_losses_match_numpy():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 5)).astype(np.float32)
     para, sts = rng.normal(size=6).astype(np.float32), rng.uniform(-5, 5, 6).astype(np.float32)
-    batch = {"sst_labels": rng.integers(0, 5, 6), "para_labels": rng.integers(0, 2, 6),
-             "sts_labels": rng.uniform(0, 5, 6).astype(np.float32)}
+    labels = TaskLabels(sst=rng.integers(0, 5, 6), para=rng.integers(0, 2, 6),
+                        sts=rng.uniform(0, 5, 6).astype(np.float32))
     got = task_losses({"sst": jnp.asarray(logits), "para": jnp.asarray(para),
-                       "sts": jnp.asarray(sts)}, batch)
+                       "sts": jnp.asarray(sts)}, labels)
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ce = -log_softmax[np.arange(6), batch["sst_labels"]].mean()
+    ce = -log_softmax[np.arange(6), labels.sst].mean()
     p = 1 / (1 + np.exp(-para))
-    bce = -(batch["para_labels"] * np.log(p) + (1 - batch["para_labels"]) * np.log(1 - p)).mean()
-    mse = ((sts - batch["sts_labels"]) ** 2).mean()
+    bce = -(labels.para * np.log(p) + (1 - labels.para) * np.log(1 - p)).mean()
+    mse = ((sts - labels.sts) ** 2).mean()
     np.testing.assert_allclose([got["sst"], got["para"], got["sts"]], [ce, bce, mse], rtol=1e-5)
 
 
@@ -86,7 +88,7 @@ def test_nonfinite_loss_leaves_params_unchanged():
     state, _ = step(state, shard_batch(good, mesh))  # one real update: moments are non-zero
     before = jax.device_get((state.params, state.opt_state))
     batch = synthetic_batch(np.random.default_rng(2))
-    batch["sts_labels"][0] = np.nan
+    batch.labels.sts[0] = np.nan
     state, metrics = step(state, shard_batch(batch, mesh))
     assert float(metrics["finite"]) == 0.0
     assert not np.isfinite(float(metrics["loss_sts"]))
@@ -148,7 +150,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
         tx = make_optimizer(cfg, 10)
         state = create_state(params, tx, 0, mesh)
         step = make_train_step(model, tx, mesh, deterministic=False)
-        batch = {k: np.concatenate([v] * n) for k, v in shard.items()}
+        batch = jax.tree.map(lambda v: np.concatenate([v] * n), shard)
         _, metrics = step(state, shard_batch(batch, mesh))
         losses[n] = float(metrics["loss"])
     print("dropout losses", losses)

@@ -1,13 +1,15 @@
 """Host-side batching: the seeded order of steps, packing or padding, and prefetching.
 
-A step's batch is a dict of numpy arrays in one of two layouts (`StepLayout`):
-- packed (the default): every sentence of the step packed into rows (`bert_jax.packing`):
-  `packed_input_ids`, `packed_segment_ids`, `packed_position_ids` [R, L] and `{task}_labels` [B].
-  Rows are packed per device shard (each device's rows hold its own examples), L is `pack_length`
-  or, for steps with a longer sentence, `max_length`, and R is bucketed per L from a plan of the
-  whole run, so the step compiles once per (L, R) and never after the first epoch.
-- padded: `{task}_input_ids_{k}`, `{task}_attention_mask_{k}` ([B, T], k = "1", and "2" for pair
-  tasks) and `{task}_labels` ([B]); every array of a step shares one bucketed length T.
+A step's batch is a `bert_jax.batch_types.Batch` of numpy arrays: `labels` [B] per task
+(`TaskLabels`) beside `inputs` in one of two layouts (`StepLayout`):
+- packed (the default): every sentence of the step packed into rows (`bert_jax.packing`),
+  `PackedInputs`: `input_ids`, `segment_ids`, `position_ids` [R, L], and the examples per task
+  of a device's rows as static `sizes`. Rows are packed per device shard (each device's rows
+  hold its own examples), L is `pack_length` or, for steps with a longer sentence,
+  `max_length`, and R is bucketed per L from a plan of the whole run, so the step compiles once
+  per (L, R) and never after the first epoch.
+- padded: `PaddedInputs`, per task its sentences' ids and masks ([B, T], one `Sentences` per
+  side); every array of a step shares one bucketed length T.
 The order of steps is a pure function of (seed, epoch), so a resumed run sees exactly the batches
 an uninterrupted run would.
 """
@@ -22,10 +24,11 @@ import jax
 import numpy as np
 
 from bert_jax import packing
+from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, TaskLabels,
+                                  task_sentences)
 from bert_jax.errors import ConfigError
 from bert_jax.data import (TaskData, batch_labels, bucket_length, choose_buckets, epoch_order,
                            make_batch)
-from bert_jax.heads import TASK_SENTENCES
 from train.config import TASKS, TrainConfig
 
 SORT_WINDOW = 50  # batches per window when grouping similar lengths
@@ -61,8 +64,9 @@ class StepLayout:
 
 @dataclasses.dataclass
 class StepBatch:
-    """One step's host arrays, plus where it came from (for messages about bad batches)."""
-    arrays: dict[str, np.ndarray]
+    """One step's host arrays (a `Batch` of numpy arrays), plus where it came from (for messages
+    about bad batches)."""
+    arrays: Batch
     example_ids: dict[str, list[str]]
     epoch: int
     index: int  # step within the epoch
@@ -160,7 +164,6 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
         rows = len(idx) // process_count
         local[task] = idx[process_index * rows:(process_index + 1) * rows]
         ids[task] = [train[task].example_ids[i] for i in local[task]]
-    arrays = {}
     if layout.packed:
         sentences = [_step_sentences(train, shard) for shard in _split_shards(step, layout.shards)]
         row_buckets = dict(layout.row_buckets)
@@ -171,17 +174,20 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
         per_process = layout.shards // process_count
         mine = sentences[process_index * per_process:(process_index + 1) * per_process]
         parts = [packing.pack(ss, length, num_rows, pad_id) for ss in mine]
-        for key in parts[0]:
-            arrays[f"packed_{key}"] = np.concatenate([p[key] for p in parts])
-        for task, idx in local.items():
-            arrays[f"{task}_labels"] = batch_labels(train[task], idx)
+        rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        sizes = tuple((t, len(step[t]) // layout.shards) for t in TASK_SENTENCES if t in step)
+        inputs = PackedInputs(**rows, sizes=sizes)
+        labels = {t: batch_labels(train[t], idx) for t, idx in local.items()}
     else:
         longest = max(int(train[t].lengths[idx].max()) for t, idx in step.items())
         length = bucket_length(longest, layout.buckets)
+        sentences, labels = {}, {}
         for task, idx in local.items():
-            for key, value in make_batch(train[task], idx, length, pad_id).items():
-                arrays[f"{task}_{key}"] = value
-    return StepBatch(arrays, ids, epoch, index)
+            arrays = make_batch(train[task], idx, length, pad_id)
+            sentences[task] = task_sentences(arrays, task)
+            labels[task] = arrays["labels"]
+        inputs = PaddedInputs(**sentences)
+    return StepBatch(Batch(inputs, TaskLabels(**labels)), ids, epoch, index)
 
 
 def plan_layout(train: dict[str, TaskData], cfg: TrainConfig, total_steps: int,

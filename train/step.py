@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bert_jax.batch_types import Batch, PackedInputs, PaddedInputs, TaskLabels
 from bert_jax.errors import ConfigError
 from bert_jax.heads import MultitaskBert
 from train.config import TrainConfig
@@ -112,17 +113,18 @@ def make_optimizer(cfg: TrainConfig, total_steps: int,
     return adamw
 
 
-def task_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Mean loss per task present: SST cross-entropy, paraphrase BCE on logits, STS MSE."""
+def task_losses(outputs: dict[str, jax.Array], labels: TaskLabels) -> dict[str, jax.Array]:
+    """Mean loss per task present: SST cross-entropy, paraphrase BCE on logits, STS MSE.
+    `outputs` as `MultitaskBert` returns them; `labels` [B_task] per task (a `Batch`'s)."""
     losses = {}
     if "sst" in outputs:
         losses["sst"] = optax.softmax_cross_entropy_with_integer_labels(
-            outputs["sst"], batch["sst_labels"]).mean()
+            outputs["sst"], labels.sst).mean()
     if "para" in outputs:
         losses["para"] = optax.sigmoid_binary_cross_entropy(
-            outputs["para"], batch["para_labels"].astype(jnp.float32)).mean()
+            outputs["para"], labels.para.astype(jnp.float32)).mean()
     if "sts" in outputs:
-        losses["sts"] = jnp.mean((outputs["sts"] - batch["sts_labels"]) ** 2)
+        losses["sts"] = jnp.mean((outputs["sts"] - labels.sts) ** 2)
     return losses
 
 
@@ -130,24 +132,26 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
                     deterministic: bool = False):
     """`step(state, batch) -> (state, metrics)`, jit-compiled, `state` donated.
 
-    `batch` holds global arrays sharded over the "data" axis (leading dimension = the global batch
-    per task, divisible by the number of devices). `metrics` (replicated scalars): `loss` (the sum
-    of task losses), `loss_{task}` per task present, `finite` (1.0 if the loss was finite; a
-    non-finite step leaves params and optimiser state unchanged), `grad_norm`.
+    `batch` is a `Batch` of global arrays sharded over the "data" axis (leading dimension = the
+    global batch per task, or packed rows, divisible by the number of devices; packed, each
+    device's rows a packing group of `sizes` examples per task). `metrics` (replicated
+    scalars): `loss` (the sum of task losses), `loss_{task}` per task present, `finite` (1.0 if
+    the loss was finite; a non-finite step leaves params and optimiser state unchanged),
+    `grad_norm`.
     """
     # On a mesh of one device the program runs without shard_map: a one-device all-reduce of
     # the gradients is still a copy of every one of them (about 4% of a CPU step).
     single = mesh.devices.size == 1
 
-    def per_device(state: TrainState, batch):
+    def per_device(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         if not single:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXIS))
 
         def loss_fn(params):
-            outputs = model.apply({"params": params}, batch, deterministic=deterministic,
-                                  rngs={"dropout": rng})
-            losses = task_losses(outputs, batch)
+            outputs = model.apply({"params": params}, batch.inputs,
+                                  deterministic=deterministic, rngs={"dropout": rng})
+            losses = task_losses(outputs, batch.labels)
             if not single:  # the global batch's mean loss
                 losses = jax.lax.pmean(losses, DATA_AXIS)
             return sum(losses.values()), losses
@@ -180,13 +184,14 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
 
 
 def make_predict_step(model: MultitaskBert):
-    """`predict(params, batch) -> {task: outputs}` (dropout off), jit-compiled.
+    """`predict(params, inputs) -> {task: outputs}` (dropout off), jit-compiled; `inputs`:
+    `PaddedInputs` or `PackedInputs`.
 
     Inputs may be sharded over the "data" axis; jit partitions the forward pass accordingly.
     """
     @jax.jit
-    def predict(params, batch):
-        return model.apply({"params": params}, batch, deterministic=True)
+    def predict(params, inputs: PaddedInputs | PackedInputs):
+        return model.apply({"params": params}, inputs, deterministic=True)
     return predict
 
 
@@ -201,12 +206,13 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host batch (this process's rows) -> global arrays split over the "data" axis."""
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+    """Host batch (this process's rows, numpy) -> the same pytree of global arrays split over
+    the "data" axis (static fields, such as packed `sizes`, carried as they are)."""
     sharding = NamedSharding(mesh, P(DATA_AXIS))
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:

@@ -70,8 +70,9 @@ def same_loss_check(jax_runner: JaxTrainRunner, reference: TorchReference, torch
     """Dropout off, same weights, same examples (each framework on its own layout): both
     frameworks' summed loss (a same-work check)."""
     arrays = sample["jax"]
-    out = jax_runner.model.apply({"params": jax_runner.state.params}, arrays, deterministic=True)
-    loss_jax = float(sum(task_losses(out, arrays).values()))
+    out = jax_runner.model.apply({"params": jax_runner.state.params}, arrays.inputs,
+                                 deterministic=True)
+    loss_jax = float(sum(task_losses(out, arrays.labels).values()))
     loss_torch = reference.loss(torch_model, sample)
     return {"loss_jax": loss_jax, "loss_torch": loss_torch,
             "abs_diff": abs(loss_jax - loss_torch)}

@@ -1,6 +1,6 @@
 """What the benchmark times: the JAX model, the training data, the planned epoch and its steps.
 
-A step is timed as a *sample*: JAX's arrays (as training builds them), PyTorch's encoder calls
+A step is timed as a *sample*: JAX's `Batch` (as training builds it), PyTorch's encoder calls
 (numpy; `torch_calls`), the labels and the work sizes. Nothing here needs PyTorch.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ import jax
 import numpy as np
 
 from bert_jax import data as data_lib
+from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, Sentences,
+                                  TaskLabels)
 from bert_jax.config import PRESETS, BertConfig
 from bert_jax.heads import HeadConfig, init_multitask_params
 from bert_jax.pretrained import load_pretrained
@@ -17,7 +19,6 @@ from train.config import TrainConfig
 from train.input_pipeline import (epoch_plan, make_step_batch, plan_layout,
                                   step_sentence_groups, steps_per_epoch)
 
-TASK_KEYS = (("sst", "1"), ("para", "1"), ("para", "2"), ("sts", "1"), ("sts", "2"))
 MODELS = ("default", "bert-base", "tiny")
 
 
@@ -78,7 +79,8 @@ class BenchData:
         samples = []
         for i, step in enumerate(steps):
             arrays = make_step_batch(self.train, step, layout, self.tokenizer.pad_id).arrays
-            shape = tuple(sorted((k, v.shape) for k, v in arrays.items()))
+            shape = (jax.tree.structure(arrays),  # static packed sizes included
+                     tuple(np.shape(v) for v in jax.tree.leaves(arrays)))
             shapes[shape] = shapes.get(shape, 0) + 1
             calls = torch_calls(self.train, step, arrays, torch_padding, self.tokenizer.pad_id)
             real += sum(int(m.sum()) for _, m in calls)
@@ -103,37 +105,38 @@ class BenchData:
         return texts, ids
 
 
-def make_sample(index: int, arrays, calls) -> dict:
-    """A timed step: JAX's arrays, PyTorch's encoder calls, the labels and the work sizes."""
+def make_sample(index: int, arrays: Batch, calls) -> dict:
+    """A timed step: JAX's `Batch`, PyTorch's encoder calls, the labels and the work sizes."""
     return {"index": index, "jax": arrays, "torch": calls,
-            "labels": {t: arrays[f"{t}_labels"] for t in ("sst", "para", "sts")},
+            "labels": {t: getattr(arrays.labels, t) for t in ("sst", "para", "sts")},
             "jax_shapes": jax_shapes(arrays), "torch_shapes": [m.shape for _, m in calls],
             "real_tokens": sum(int(m.sum()) for _, m in calls)}
 
 
-def jax_positions(arrays) -> int:
+def jax_positions(arrays: Batch) -> int:
     """Token positions, padding included, the JAX step computes on."""
     return sum(rows * length for rows, length in jax_shapes(arrays))
 
 
-def jax_shapes(arrays) -> list[tuple[int, int]]:
+def jax_shapes(arrays: Batch) -> list[tuple[int, int]]:
     """[(rows, length)] of the JAX step's encoder input: the packed rows, or the padded
     sentences (one encoder pass over all of them)."""
-    if "packed_input_ids" in arrays:
-        return [arrays["packed_input_ids"].shape]
-    rows = sum(arrays[f"{t}_input_ids_{k}"].shape[0] for t, k in TASK_KEYS)
-    return [(rows, arrays["sst_input_ids_1"].shape[1])]
+    if isinstance(arrays.inputs, PackedInputs):
+        return [arrays.inputs.input_ids.shape]
+    sides = [s for _, _, s in arrays.inputs.sides()]
+    return [(sum(s.input_ids.shape[0] for s in sides), sides[0].input_ids.shape[1])]
 
 
-def torch_calls(train, step, arrays, torch_padding: str, pad_id: int):
+def torch_calls(train, step, arrays: Batch, torch_padding: str, pad_id: int):
     """A step's PyTorch encoder inputs [(ids, mask)], numpy int32: "per-call" pads SST and each
     side of the pairs to its own longest sentence (`tokenizer(batch, padding=True)`); "same"
     takes JAX's padded arrays as one call."""
     if torch_padding == "same":
-        if "packed_input_ids" in arrays:
+        if isinstance(arrays.inputs, PackedInputs):
             raise ValueError("--torch-padding same needs --layout padded")
-        return [(np.concatenate([arrays[f"{t}_input_ids_{k}"] for t, k in TASK_KEYS]),
-                 np.concatenate([arrays[f"{t}_attention_mask_{k}"] for t, k in TASK_KEYS]))]
+        sides = [s for _, _, s in arrays.inputs.sides()]
+        return [(np.concatenate([s.input_ids for s in sides]),
+                 np.concatenate([s.attention_mask for s in sides]))]
     return [pad_ids(rows, max(len(r) for r in rows), pad_id)
             for rows in step_sentence_groups(train, step)]
 
@@ -142,13 +145,16 @@ def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0
     """A sample of full-length sentences of random real-vocabulary ids (for --seq-len): JAX and
     PyTorch get the same [5B, T] arrays, no padding."""
     rng = np.random.default_rng(seed)
-    arrays = {}
-    for task, k in TASK_KEYS:
-        ids = rng.integers(1000, min(vocab_size, 30000), size=(batch_size, length)).astype(np.int32)
-        ids[:, 0], ids[:, -1] = 101, 102
-        arrays[f"{task}_input_ids_{k}"] = ids
-        arrays[f"{task}_attention_mask_{k}"] = np.ones((batch_size, length), np.int32)
-    arrays["sst_labels"] = rng.integers(0, 5, batch_size).astype(np.int32)
-    arrays["para_labels"] = rng.integers(0, 2, batch_size).astype(np.int32)
-    arrays["sts_labels"] = rng.uniform(0, 5, batch_size).astype(np.float32)
+    sentences = {}
+    for task, sides in TASK_SENTENCES.items():
+        sentences[task] = []
+        for _ in sides:
+            ids = rng.integers(1000, min(vocab_size, 30000),
+                               size=(batch_size, length)).astype(np.int32)
+            ids[:, 0], ids[:, -1] = 101, 102
+            sentences[task].append(Sentences(ids, np.ones((batch_size, length), np.int32)))
+    labels = TaskLabels(sst=rng.integers(0, 5, batch_size).astype(np.int32),
+                        para=rng.integers(0, 2, batch_size).astype(np.int32),
+                        sts=rng.uniform(0, 5, batch_size).astype(np.float32))
+    arrays = Batch(PaddedInputs(**{t: tuple(s) for t, s in sentences.items()}), labels)
     return make_sample(0, arrays, torch_calls(None, None, arrays, "same", 0))
