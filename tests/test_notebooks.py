@@ -49,8 +49,10 @@ def test_quickstart_runs(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     nb = execute("quickstart.ipynb", monkeypatch, {
         "BERT_JAX_NB_INIT": tiny_model_dir, "BERT_JAX_NB_DATA_DIR": data_dir,
         "BERT_JAX_NB_MAX_STEPS": 2, "BERT_JAX_NB_LIMIT_TRAIN": 16, "BERT_JAX_NB_LIMIT_EVAL": 16,
-        "BERT_JAX_NB_MAX_LENGTH": 32, "BERT_JAX_NB_OUT": out})
+        "BERT_JAX_NB_MAX_LENGTH": 32, "BERT_JAX_NB_OUT": out,
+        "BERT_JAX_NB_TENSORBOARD": 0})  # %load_ext tensorboard runs; no server is started
     assert (out / "best").is_dir() and (out / "predictions" / "scores.json").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     for png in ("training_curves.png", "sst_confusion.png", "para_histograms.png",
                 "sts_scatter.png"):
         assert (out / "plots" / png).stat().st_size > 0

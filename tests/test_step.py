@@ -1,4 +1,5 @@
 """The train step: losses against numpy, data parallel equals single device, non-finite guard."""
+import functools
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from bert_jax.batch_types import Batch, PaddedInputs, Sentences, TaskLabels
 from bert_jax.config import PRESETS
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from train.config import TrainConfig
-from train.step import (check_divisible, create_state, make_mesh, make_optimizer,
-                        make_train_step, shard_batch, task_losses)
+from train.step import (check_divisible, create_state, learning_rates, make_mesh,
+                        make_optimizer, make_train_step, shard_batch, task_losses)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,6 +225,33 @@ def test_schedule_warmup_then_linear_decay_to_zero():
     for s in (0, 1, 5, 10, 11, 60, 109, 110):
         assert float(schedule(s)) == pytest.approx(want(s), abs=1e-9), s
     assert float(make_schedule(TrainConfig(lr=1e-3), 110)(77)) == pytest.approx(1e-3)
+
+
+def test_learning_rates_are_the_rates_the_optimizer_applies():
+    """What train_log.jsonl records as `lr_GROUP` at step s is the rate of the update of step s:
+    with a constant gradient Adam moves a parameter by its rate, so the updates read it back."""
+    zeros = lambda: np.zeros((2,), np.float32)
+    params = {"bert": {"encoder": {"layer_0": {"w": zeros()}, "layer_1": {"w": zeros()}},
+                       "embeddings": {"w": zeros()}, "pooler": {"w": zeros()}},
+              "sst_classifier": {"w": zeros()}}
+    where = {"lr_layer_0": ("bert", "encoder", "layer_0"), "lr_layer_1": ("bert", "encoder",
+             "layer_1"), "lr_embeddings": ("bert", "embeddings"), "lr_top": ("bert", "pooler"),
+             "lr_heads": ("sst_classifier",)}
+    grads = jax.tree.map(lambda p: np.full(p.shape, 0.5, np.float32), params)
+    cfg = TrainConfig(lr=1e-3, head_lr=1e-2, layer_lr_decay=0.5, warmup_steps=2,
+                      linear_decay=True)
+    tx, rates = make_optimizer(cfg, 6, 2), learning_rates(cfg, 6, 2)
+    opt_state = tx.init(params)
+    for step in range(1, 7):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        assert set(rates(step)) == set(where)
+        for key, path in where.items():
+            moved = float(np.abs(np.asarray(functools.reduce(dict.get, path, updates)["w"])).max())
+            assert moved == pytest.approx(rates(step)[key], rel=1e-4, abs=1e-12), (step, key)
+    assert rates(1)["lr_top"] == 0.0 and rates(3)["lr_top"] == pytest.approx(1e-3)
+    assert rates(3)["lr_heads"] == pytest.approx(1e-2) and rates(6)["lr_layer_1"] > 0
+    one = learning_rates(TrainConfig(lr=2e-5), 10)
+    assert one(1) == one(10) == {"lr": pytest.approx(2e-5)}  # one group: a single "lr"
 
 
 def test_grad_clip_scales_the_gradient_to_the_global_norm():

@@ -18,7 +18,8 @@ from bert_jax.heads import HeadConfig
 MODES = ("multitask", "sequential")
 # Settings a --resume may change: they change neither the data order nor the parameters' path.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "limit_eval",
-                               "eval_batch_size", "save_every", "resume", "data_dir"})
+                               "eval_batch_size", "save_every", "resume", "data_dir",
+                               "tensorboard"})
 
 
 def setting(default: Any, help: str, type: Callable | None = None) -> Any:
@@ -113,6 +114,9 @@ class TrainConfig:
                              "copy in the loop)", positive_int)
     save_every: int = setting(500, "also checkpoint every N steps (0: only at epoch ends)",
                               nonnegative_int)
+    tensorboard: bool = setting(True, "also write the logged losses, gradient norm, learning "
+                                "rates and dev scores as TensorBoard event files in "
+                                "OUT/tensorboard (tensorboardX); --no-tensorboard: none")
     nonfinite: str = setting("stop", "on a non-finite loss: 'stop' the run, or 'skip' the step "
                              "and go on")
     skip_bad_rows: bool = setting(True, "skip (and list) malformed data rows; "

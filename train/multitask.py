@@ -2,9 +2,10 @@
 
 Loads the data and the pretrained encoder, trains with the data-parallel step, evaluates on dev at
 each epoch's end, and writes to `--out`: `last/` and `best/` checkpoints, `metrics.jsonl` (one line
-per evaluation), `train_log.jsonl` (losses at log intervals), `train_config.json`, `config.json`,
-`vocab.txt`. `--resume` continues from the newest intact checkpoint with the same data order.
-Everything here is a function a notebook can call: `train_and_evaluate(cfg, out_dir, ...)`.
+per evaluation), `train_log.jsonl` (losses, gradient norm, learning rates at log intervals),
+`train_config.json`, `config.json`, `vocab.txt`, `tensorboard/` (both logs' curves as event files:
+train/tensorboard_log.py). `--resume` continues from the newest intact checkpoint with the same
+data order. Everything here is a function a notebook can call: `train_and_evaluate(cfg, ...)`.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run
 from train.config import PRESET_NOTES, PRESETS, RESUMABLE_CHANGES, TASKS, TrainConfig
 from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
-from train.step import (backend_report, check_divisible, create_state, make_mesh,
-                        make_optimizer, make_train_step, shard_batch)
+from train.step import (backend_report, check_divisible, create_state, learning_rates,
+                        make_mesh, make_optimizer, make_train_step, shard_batch)
+from train.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("train.multitask")
 
@@ -303,6 +305,8 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
     # Logs hold only the steps the checkpoint has (a fresh run: none of an earlier attempt's).
     evaluations = _keep_log_until(metrics_path, start_step)
     _keep_log_until(train_log_path, start_step)
+    board = TensorBoardLog(out_dir, cfg.tensorboard, start_step)  # closed with ckpts below
+    lr_at = learning_rates(cfg, total_steps, bert_config.num_hidden_layers)
     best_overall = max([best_overall] + [r["overall"] for r in evaluations if "overall" in r])
     if jax.process_index() == 0:
         cfg.to_json(out_dir / "train_config.json")
@@ -328,6 +332,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         record = {"step": step, "epoch": round(step / per_epoch, 4), **scores,
                   "best": is_best, "time": time.time()}
         _write_json_line(metrics_path, record)
+        board.dev(record)
         log.info("dev at step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
         if is_best:
             # best/ holds what inference and export need: the parameters, no optimiser state
@@ -361,7 +366,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
                 bar.update(1)
                 at_epoch_end = step % per_epoch == 0 or step == total_steps
                 if len(pending) >= cfg.log_every or at_epoch_end or stop.signum:
-                    _flush(pending, cfg, bar, train_log_path, watch)
+                    _flush(pending, cfg, bar, train_log_path, watch, board, lr_at)
                 if (save_every and step % save_every == 0) or at_epoch_end or stop.signum:
                     save(step)  # before evaluating: a failed evaluation loses no step
                 if at_epoch_end:
@@ -374,6 +379,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         prefetch.close()
         bar.close()
         ckpts.close()
+        board.close()
     elapsed = time.perf_counter() - started
     compiles = train_step._cache_size() if hasattr(train_step, "_cache_size") else None
     summary = {**(scores or {}), "steps": step, "seconds": round(elapsed, 1),
@@ -405,8 +411,8 @@ class LossWatch:
                         loss, step)
 
 
-def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch | None = None
-           ) -> None:
+def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch,
+           board: TensorBoardLog, lr_at) -> None:
     """Pull the pending step metrics to the host (the only sync in the loop); log and check."""
     if not pending:
         return
@@ -423,13 +429,16 @@ def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch | 
     finite = [r for r in records if r["finite"] >= 1] or records
     mean = {k: float(np.mean([r[k] for r in finite if k in r]))
             for k in finite[-1] if k.startswith("loss")}
-    if watch is not None and "loss" in mean:
+    if "loss" in mean:
         watch.check(pending[-1][0], mean["loss"])
     bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()})
     if getattr(bar, "disable", False):  # no bar (a log file, --no-progress): a plain line
         log.info("step %d: %s", pending[-1][0],
                  ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
-    _write_json_line(path, {"step": pending[-1][0], **mean, "time": time.time()})
+    record = {"step": pending[-1][0], **mean, "grad_norm": float(np.mean(
+        [r["grad_norm"] for r in finite])), **lr_at(pending[-1][0]), "time": time.time()}
+    _write_json_line(path, record)
+    board.train(record)
     pending.clear()
 
 
@@ -551,7 +560,7 @@ def main(argv=None) -> int:
     scores = {k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall") if k in summary}
     written = [path for path in (out / "best", out / "last", out / "metrics.jsonl",
                                  out / "train_log.jsonl", out / "summary.json",
-                                 out / "train_config.json",
+                                 out / "train_config.json", out / "tensorboard",
                                  out / "plots" / "training_curves.png") if path.exists()]
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s (the training "
           f"loop, evaluations included); run folder {out.resolve()}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -111,6 +111,25 @@ def make_optimizer(cfg: TrainConfig, total_steps: int,
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
+
+
+def learning_rates(cfg: TrainConfig, total_steps: int, num_layers: int = 0
+                   ) -> Callable[[int], dict[str, float]]:
+    """`rates(step)`: the learning rate each group of `make_optimizer` used for the update of
+    `step` (1-based, the schedule at step - 1): `{"lr": ...}` with one group, else
+    `{"lr_<group>": ...}` per group of `lr_rules`."""
+    schedule = make_schedule(cfg, total_steps)  # linear in cfg.lr: a group's is a multiple
+    rules = lr_rules(cfg, num_layers)
+    multipliers = {}
+    for name, _, multiplier in rules:
+        multipliers.setdefault(name, multiplier)
+
+    def rates(step: int) -> dict[str, float]:
+        base = float(schedule(max(step - 1, 0)))
+        if len(rules) == 2:  # one group, as in make_optimizer
+            return {"lr": base}
+        return {f"lr_{name}": base * m for name, m in multipliers.items()}
+    return rates
 
 
 def task_losses(outputs: dict[str, jax.Array], labels: TaskLabels) -> dict[str, jax.Array]:
