@@ -105,6 +105,46 @@ def tiny_run(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def varied_run(tmp_path_factory, tiny_run, data_dir) -> Path:
+    """`tiny_run` with predictions that vary from row to row, in best/: after 4 steps the tiny
+    run predicts nearly one SST class and no paraphrase at all, which hides rows mixed up or
+    out of order. Its SST kernel is scaled up 30x (bias zeroed); its paraphrase kernel too,
+    with the bias centring the logits of the first 24 dev pairs (about half are paraphrases)."""
+    import shutil
+    import jax
+    import numpy as np
+    from bert_jax import data as data_lib
+    from bert_jax.checkpoints import RunCheckpoints, load_run
+    from bert_jax.heads import MultitaskBert
+    from bert_jax.tokenizer import Tokenizer
+    from train.evaluate import Evaluator
+    from train.step import make_mesh
+    out = tmp_path_factory.mktemp("varied_run") / "run"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("predictions"))
+    run = load_run(out)
+    params = jax.device_get(run.params)
+    pairs = data_lib.load_task(data_dir / "quora-dev.csv", "para", "dev",
+                               Tokenizer(run.vocab_file), max_length=32, limit=24,
+                               skip_bad_rows=True)
+    para = params["para_classifier"]
+    params["para_classifier"] = {"kernel": np.asarray(para["kernel"]),
+                                 "bias": np.zeros_like(para["bias"])}
+    evaluator = Evaluator(MultitaskBert(run.bert_config, run.heads), make_mesh(), 64)
+    centre = float(np.median(evaluator.outputs(params, pairs, "para")))
+    params["para_classifier"] = {"kernel": np.asarray(para["kernel"]) * 30.0,
+                                 "bias": np.full_like(para["bias"], -30.0 * centre)}
+    params["sst_classifier"] = {"kernel": np.asarray(params["sst_classifier"]["kernel"]) * 30.0,
+                                "bias": np.zeros_like(params["sst_classifier"]["bias"])}
+    shutil.rmtree(out / "best")
+    store = RunCheckpoints(out)
+    try:
+        store.save_best(int(run.meta["step"]), params, run.meta)
+    finally:
+        store.close()
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """The embedded default's WordPiece tokenizer (skips when the weights package is absent)."""
     from bert_jax.tokenizer import Tokenizer

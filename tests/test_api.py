@@ -23,6 +23,12 @@ def model(tiny_run) -> MultitaskModel:
     return MultitaskModel.load(tiny_run)
 
 
+@pytest.fixture(scope="module")
+def varied(varied_run) -> MultitaskModel:
+    """The API on the run whose predictions vary from row to row (see conftest.varied_run)."""
+    return MultitaskModel.load(varied_run)
+
+
 def dev_rows(data_dir: Path, task: str, n: int):
     ds = data_lib.load_split(data_dir / data_lib.default_file(task, "dev"), task,
                              skip_bad_rows=True).select(range(n))
@@ -44,20 +50,22 @@ def read_prediction_file(path: Path) -> tuple[list[str], np.ndarray]:
     return [r[0].strip() for r in rows], np.asarray([float(r[1]) for r in rows])
 
 
-def test_scores_and_predictions_equal_train_evaluate(tiny_run, data_dir, tmp_path):
+def test_scores_and_predictions_equal_train_evaluate(varied_run, varied, data_dir, tmp_path):
     from train.evaluate import evaluate_run
-    scores = evaluate_run(tiny_run, tmp_path, str(data_dir), limit=N_DEV, progress=False)
-    model = MultitaskModel.load(tiny_run)  # both use the run's training max_length
-    preds, gold = {}, {}
+    scores = evaluate_run(varied_run, tmp_path, str(data_dir), limit=N_DEV, progress=False)
+    preds, gold = {}, {}  # both use the run's training max_length
     for task in data_lib.TASKS:
         ids, cols, gold[task] = dev_rows(data_dir, task, N_DEV)
-        preds[task] = api_predictions(model, task, cols)
+        preds[task] = api_predictions(varied, task, cols)
         file_ids, file_preds = read_prediction_file(tmp_path / f"{task}-dev-output.csv")
         assert file_ids == list(ids)
         if task == "sts":
             np.testing.assert_allclose(preds[task], file_preds, atol=1e-5)
         else:
             np.testing.assert_array_equal(preds[task], file_preds.astype(np.int64))
+    # predictions that vary from row to row, so a row mixed up or out of order shows
+    assert len(set(preds["sst"].tolist())) >= 3 and set(preds["para"].tolist()) == {0, 1}
+    assert np.std(preds["sts"]) > 0.1
     ours = metrics.dev_scores(sst=(preds["sst"], gold["sst"]), para=(preds["para"], gold["para"]),
                               sts=(preds["sts"], gold["sts"]))
     for key in ("sst_acc", "para_acc", "sts_r", "overall"):

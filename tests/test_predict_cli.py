@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run):
-    return MultitaskModel.load(tiny_run)
+def model(varied_run):
+    """The API on the run whose predictions vary from row to row (see conftest.varied_run)."""
+    return MultitaskModel.load(varied_run)
 
 
 def head(src: Path, dst: Path, lines: int) -> Path:
@@ -39,9 +40,9 @@ def rows(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text)))
 
 
-def test_cs224n_tsv_sst(tiny_run, data_dir, tmp_path, capsys, model):
-    path = head(data_dir / "ids-sst-dev.csv", tmp_path / "sst.csv", 6)  # header + 5 rows
-    code, out, _ = run([tiny_run, "--task", "sst", "--input", path], capsys)
+def test_cs224n_tsv_sst(varied_run, data_dir, tmp_path, capsys, model):
+    path = head(data_dir / "ids-sst-dev.csv", tmp_path / "sst.csv", 21)  # header + 20 rows
+    code, out, _ = run([varied_run, "--task", "sst", "--input", path], capsys)
     assert code == 0
     table = rows(out)
     assert table[0] == ["id", "prediction", "p0", "p1", "p2", "p3", "p4"]
@@ -49,6 +50,7 @@ def test_cs224n_tsv_sst(tiny_run, data_dir, tmp_path, capsys, model):
         records = list(csv.DictReader(f, delimiter="\t"))
     assert [r[0] for r in table[1:]] == [r["id"] for r in records]
     labels, probs = model.sentiment([r["sentence"] for r in records])
+    assert len(set(labels.tolist())) >= 3  # predictions that vary: a mixed-up row shows
     assert [int(r[1]) for r in table[1:]] == labels.tolist()
     np.testing.assert_allclose([[float(x) for x in r[2:]] for r in table[1:]], probs, atol=1e-5)
 
@@ -67,11 +69,11 @@ def test_cs224n_test_file_with_odd_header_and_comma_csv(tiny_run, data_dir, tmp_
     assert all(r[1] == str(int(float(r[2]) > 0.5)) for r in table[1:])
 
 
-def test_plain_lines_and_output_file(tiny_run, tmp_path, capsys, model):
+def test_plain_lines_and_output_file(varied_run, tmp_path, capsys, model):
     path = tmp_path / "pairs.txt"
     path.write_text("a man plays a guitar\ta man is playing the guitar\n\ncats\tdogs\n")
     out_file = tmp_path / "out" / "sts.csv"
-    code, out, err = run([tiny_run, "--task", "sts", "--input", path, "--output", out_file],
+    code, out, err = run([varied_run, "--task", "sts", "--input", path, "--output", out_file],
                          capsys)
     assert code == 0 and out == "" and "wrote 2 predictions" in err
     table = rows(out_file.read_text())
@@ -79,10 +81,11 @@ def test_plain_lines_and_output_file(tiny_run, tmp_path, capsys, model):
     assert [r[0] for r in table[1:]] == ["1", "3"]  # input line numbers, blank line skipped
     expected = model.similarity(["a man plays a guitar", "cats"],
                                 ["a man is playing the guitar", "dogs"])
+    assert abs(expected[0] - expected[1]) > 0.1  # two different scores: their order shows
     np.testing.assert_allclose([float(r[1]) for r in table[1:]], expected, atol=1e-5)
     sst = tmp_path / "sst.txt"
     sst.write_text("great fun\nawful , tedious mess\n")
-    code, out, _ = run([tiny_run, "--task", "sst", "--input", sst], capsys)
+    code, out, _ = run([varied_run, "--task", "sst", "--input", sst], capsys)
     assert code == 0 and [r[0] for r in rows(out)[1:]] == ["1", "2"]
 
 
@@ -166,12 +169,12 @@ def test_output_equal_to_input_is_refused_and_the_input_kept(tiny_run, tmp_path,
     assert src.read_text() == "good\nbad\n"
 
 
-def test_unicode_line_separators_never_shift_ids(tiny_run, tmp_path, capsys, model):
+def test_unicode_line_separators_never_shift_ids(varied_run, tmp_path, capsys, model):
     """One prediction per input line: \\u2028, \\x85 and form feeds inside a line stay in it."""
     lines = ["a fine\u2028film", "dull\x85and slow", "ok\x0cfine", "great"]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    code, out, _ = run([tiny_run, "--task", "sst", "--input", src], capsys)
+    code, out, _ = run([varied_run, "--task", "sst", "--input", src], capsys)
     got = rows(out)[1:]
     assert code == 0 and [r[0] for r in got] == ["1", "2", "3", "4"]
     labels, _ = model.sentiment(lines)
