@@ -23,7 +23,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from bert_jax import data as data_lib
 from bert_jax.config import BertConfig
@@ -39,9 +38,11 @@ from bert_jax.checkpoints import CheckpointError, RunCheckpoints, read_json, run
 from train.config import PRESET_NOTES, PRESETS, RESUMABLE_CHANGES, TASKS, TrainConfig
 from train.sst_phrases import add_phrases
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
+from train.progress import TrainProgress
 from train.step import (backend_report, check_divisible, create_state, learning_rates,
                         make_mesh, make_optimizer, make_train_step, shard_batch)
 from train.tensorboard_log import TensorBoardLog
+from bert_jax.cli import prog
 
 log = logging.getLogger("train.multitask")
 
@@ -326,7 +327,8 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         """Dev scores at `step` (whose state `last/` already holds); `best/` when they beat
         every earlier evaluation."""
         nonlocal best_overall
-        scores = evaluator.scores(state.params, run.dev, progress=progress)
+        with bar.evaluating():  # the training bar steps aside; its rate leaves this time out
+            scores = evaluator.scores(state.params, run.dev, progress=progress)
         is_best = scores["overall"] > best_overall
         best_overall = max(best_overall, scores["overall"])
         record = {"step": step, "epoch": round(step / per_epoch, 4), **scores,
@@ -343,6 +345,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
 
     layout = plan_layout(run.train, cfg, total_steps, mesh.devices.size)
     log.info("train steps: %s (%d shapes)", layout.describe(), layout.num_shapes())
+    bar = TrainProgress(total_steps, start_step, per_epoch, progress and live_progress())
     scores = None
     if start_step and (start_step % per_epoch == 0 or start_step == total_steps) and not any(
             r.get("step") == start_step for r in evaluations):
@@ -351,9 +354,6 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
         scores = evaluate_and_save(start_step)
     batches = iterate_steps(run.train, cfg, layout, start_step, total_steps, run.tokenizer.pad_id)
     prefetch = Prefetcher(batches, lambda arrays: shard_batch(arrays, mesh))
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and live_progress()),
-               unit="step",
-               dynamic_ncols=True, desc="train")
     pending, step, watch = [], start_step, LossWatch()
     started = time.perf_counter()
     try:
@@ -363,7 +363,6 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
                 step += 1
                 stop.signum = stop.signum or distributed.stop_signal(step)
                 pending.append((step, metrics, host_batch.example_ids))
-                bar.update(1)
                 at_epoch_end = step % per_epoch == 0 or step == total_steps
                 if len(pending) >= cfg.log_every or at_epoch_end or stop.signum:
                     _flush(pending, cfg, bar, train_log_path, watch, board, lr_at)
@@ -411,7 +410,7 @@ class LossWatch:
                         loss, step)
 
 
-def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch,
+def _flush(pending: list, cfg: TrainConfig, bar: TrainProgress, path: Path, watch: LossWatch,
            board: TensorBoardLog, lr_at) -> None:
     """Pull the pending step metrics to the host (the only sync in the loop); log and check."""
     if not pending:
@@ -431,8 +430,8 @@ def _flush(pending: list, cfg: TrainConfig, bar, path: Path, watch: LossWatch,
             for k in finite[-1] if k.startswith("loss")}
     if "loss" in mean:
         watch.check(pending[-1][0], mean["loss"])
-    bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()})
-    if getattr(bar, "disable", False):  # no bar (a log file, --no-progress): a plain line
+    bar.completed(pending[-1][0], mean)
+    if bar.disabled:  # no bar (a log file, --no-progress): a plain line
         log.info("step %d: %s", pending[-1][0],
                  ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
     record = {"step": pending[-1][0], **mean, "grad_norm": float(np.mean(
@@ -465,7 +464,7 @@ def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
     defaulting to `base`'s value (the preset, or the `--config` file), shown in `--help`."""
     base = base or PRESETS[base_name]
     parser = argparse.ArgumentParser(
-        prog="python -m train.multitask",
+        prog=prog("train.multitask"),
         description="Fine-tune BERT on SST-5, Quora paraphrase and STS, with dev evaluation, "
                     "checkpoints and resume. A preset (or --config) gives every setting; each "
                     "flag below overrides one.")
