@@ -106,3 +106,59 @@ def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_p
     assert main(args[:-3] + ["--limit", "60", "--tasks", "sts", "--no-progress",
                              "--out", str(tmp_path / "more.md")]) == 0
     assert calls == ["sts"]
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The rows (cells) of the markdown table under `### heading...`."""
+    lines = text.split(f"### {heading}", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    rows = [line for line in lines.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[1:]]
+
+
+def test_report_rows_are_the_models_mistakes_ranked(varied_run, data_dir, tmp_path):
+    """Each row against train.evaluate's dev outputs of the same checkpoint and the dev files
+    read independently: the right ids, predictions, gold labels, probabilities (scipy),
+    sentences and order; the scores equal train.evaluate's."""
+    import csv
+    import json
+    from scipy.special import expit, softmax
+    from train.evaluate import evaluate_run
+    scores = evaluate_run(varied_run, tmp_path / "eval", str(data_dir), limit=24,
+                          progress=False)
+    with np.load(tmp_path / "eval" / "dev-outputs.npz") as f:
+        saved = {k: f[k] for k in f.files}
+    out = tmp_path / "report.md"
+    assert main([str(varied_run), "--data-dir", str(data_dir), "--top", "4", "--limit", "24",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = out.read_text()
+
+    def dev(name, key):
+        with (data_dir / name).open(newline="", encoding="utf-8") as f:
+            return {r["id"].strip(): r for r in csv.DictReader(f, delimiter="\t")}
+    sst_rows, para_rows = dev("ids-sst-dev.csv", "sentence"), dev("quora-dev.csv", "")
+    assert f"24 dev examples; accuracy {scores['sst_acc']:.4f}." in text
+    assert f"accuracy {scores['para_acc']:.4f}." in text
+    assert f"Pearson r {scores['sts_r']:.4f}." in text
+
+    ids = [str(i) for i in saved["sst_ids"]]
+    probs = softmax(saved["sst"].astype(np.float64), -1)
+    pred = probs.argmax(-1)
+    gold = np.array([int(sst_rows[i]["sentiment"]) for i in ids])
+    wrong = [k for k in range(len(ids)) if pred[k] != gold[k]]
+    want = sorted(wrong, key=lambda k: -probs[k, pred[k]])[:4]
+    got = _table(text, "Most confident wrong predictions")
+    assert len(wrong) >= 4 and [r[4] for r in got] == [ids[k] for k in want]
+    for row, k in zip(got, want):
+        assert row[:4] == [f"{probs[k, pred[k]]:.3f}", str(pred[k]), str(gold[k]),
+                           f"{probs[k, gold[k]]:.3f}"]
+        assert row[5] == " ".join(sst_rows[ids[k]]["sentence"].lower().split())  # as read
+
+    ids = [str(i) for i in saved["para_ids"]]
+    prob = expit(saved["para"].astype(np.float64))
+    gold = np.array([int(float(para_rows[i]["is_duplicate"])) for i in ids])
+    fp = sorted([k for k in range(len(ids)) if prob[k] > 0.5 and gold[k] == 0],
+                key=lambda k: -prob[k])[:4]
+    got = _table(text, "False positives")
+    assert fp and [r[1] for r in got] == [ids[k] for k in fp]
+    assert [r[0] for r in got] == [f"{prob[k]:.3f}" for k in fp]
+    assert json.loads((tmp_path / "eval" / "scores.json").read_text())["limit"] == 24
