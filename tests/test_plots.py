@@ -1,4 +1,5 @@
-"""`bert_jax.plots`: every figure is written as a non-empty PNG."""
+"""`bert_jax.plots`: every figure is written as a PNG and draws the values it claims, checked
+against numpy and scipy."""
 from __future__ import annotations
 
 import json
@@ -102,3 +103,70 @@ def test_each_task_has_one_colour_in_every_plot(tiny_run, tmp_path, monkeypatch)
                                    for p in paraphrase_bars)
     assert tuple(sts.collections[0].get_facecolor()[0][:3]) == to_rgba(
         plots.TASK_COLORS["sts"])[:3]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, in order (they are still written to disk)."""
+    saved = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda f, out: saved.append(f) or save(f, out))
+    return saved
+
+
+def test_eval_plots_draw_the_values_they_claim(tmp_path, figures):
+    """Against numpy and scipy computed here: the confusion matrix's shares and counts, the
+    paraphrase histograms' bar heights, the STS points and r, the accuracies in the titles."""
+    from scipy.stats import pearsonr
+    from scipy.special import expit
+    rng = np.random.default_rng(3)
+    n = 300
+    gold = {"sst": rng.integers(0, 5, n), "para": rng.integers(0, 2, n),
+            "sts": rng.uniform(0, 5, n)}
+    outputs = {"sst": rng.normal(size=(n, 5)) + 2 * np.eye(5)[gold["sst"]],
+               "para": rng.normal(size=n) + 2 * gold["para"] - 1,
+               "sts": gold["sts"] + rng.normal(size=n)}
+    plots.write_eval_plots(tmp_path, outputs, gold)
+    sst, para, sts = (f.axes[0] for f in figures)
+
+    pred = outputs["sst"].argmax(-1)
+    counts = np.array([[np.sum((gold["sst"] == g) & (pred == p)) for p in range(5)]
+                       for g in range(5)])
+    np.testing.assert_allclose(sst.images[0].get_array(), counts / counts.sum(1, keepdims=True))
+    assert [t.get_text() for t in sst.texts] == [str(c) for c in counts.ravel()]
+    assert f"accuracy {np.mean(pred == gold['sst']):.3f}, n={n}" in sst.get_title()
+
+    prob = expit(outputs["para"])
+    bins = np.linspace(0, 1, 26)
+    assert len(para.containers) == 2  # gold 0, then gold 1
+    for value, label, container in zip((0, 1), ("not paraphrase (gold 0)", "paraphrase (gold 1)"),
+                                       para.containers):
+        want, _ = np.histogram(prob[gold["para"] == value], bins=bins)
+        np.testing.assert_array_equal([b.get_height() for b in container], want)
+        count = int((gold["para"] == value).sum())
+        assert container.patches[0].get_label() == f"{label}: {count}"
+    assert f"accuracy {np.mean((prob > 0.5) == (gold['para'] == 1)):.3f}" in para.get_title()
+
+    np.testing.assert_allclose(sts.collections[0].get_offsets(),
+                               np.stack([gold["sts"], outputs["sts"]], 1))
+    r = pearsonr(outputs["sts"], gold["sts"]).statistic
+    assert f"Pearson r {r:.3f}, n={n}" in sts.get_title()
+
+
+def test_training_curves_draw_the_logged_values(tiny_run):
+    """Every loss line is its train_log.jsonl column, every dev line its metrics.jsonl column
+    (by epoch), and the best-checkpoint marker sits at the last best evaluation."""
+    log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").open()]
+    dev = [json.loads(line) for line in (tiny_run / "metrics.jsonl").open()]
+    fig = plots.training_curves_figure(tiny_run)
+    ax_loss, ax_dev = fig.axes[:2]
+    lines = {line.get_label(): line for line in ax_loss.get_lines()}
+    for key, label, _ in plots._TASK_LOSSES:
+        np.testing.assert_allclose(lines[label].get_xdata(), [r["step"] for r in log])
+        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in log])
+    lines = {line.get_label(): line for line in ax_dev.get_lines()}
+    for key, label, _ in plots._DEV_METRICS:
+        np.testing.assert_allclose(lines[label].get_xdata(), [r["epoch"] for r in dev])
+        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in dev])
+    best = [r for r in dev if r["best"]][-1]
+    assert list(lines["best checkpoint"].get_xdata()) == [best["epoch"]] * 2
