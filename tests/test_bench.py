@@ -10,7 +10,7 @@ import pytest
 from conftest import require
 
 from bert_jax.bench import cli
-from bert_jax.bench.report import plot_sweep
+from bert_jax.bench.report import plot_sweep, sweep_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny", "--batch-size", "2", "--seq-len", "16", "--repeats", "2",
@@ -109,3 +109,8 @@ def test_plot_sweep(tmp_path):
     path = tmp_path / "plot.png"
     plot_sweep(sweep, str(path), res)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = {line.get_label(): line for line in sweep_figure(sweep, res).axes[0].get_lines()}
+    assert set(lines) == {"JAX (this project)", "PyTorch eager"}  # compile did not run
+    for label, per_batch in (("JAX (this project)", 10.0), ("PyTorch eager", 5.0)):
+        assert list(lines[label].get_xdata()) == [4, 8, 16]
+        assert list(lines[label].get_ydata()) == [per_batch * b for b in (4, 8, 16)]

@@ -180,7 +180,14 @@ def print_profiles(profiles: dict) -> None:
 
 
 def plot_sweep(sweep: list[dict], path: str, res: dict) -> None:
-    """PNG of train sentences/s against batch size, one line per framework."""
+    """PNG of train sentences/s against batch size, one line per framework (`sweep_figure`)."""
+    fig = sweep_figure(sweep, res)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def sweep_figure(sweep: list[dict], res: dict) -> Figure:
+    """Train sentences/s against batch size: a line per framework over the sizes it ran."""
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.subplots()
     sizes = [r["batch_size"] for r in sweep]
@@ -203,8 +210,7 @@ def plot_sweep(sweep: list[dict], path: str, res: dict) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    return fig
 
 
 def json_ready(x):
