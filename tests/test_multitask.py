@@ -391,10 +391,10 @@ def test_cli_resume_falls_back_past_a_damaged_checkpoint(tiny_init, data_dir, tm
     args = ["--init", str(tiny_init), "--data-dir", str(data_dir), "--out", str(out),
             "--max-length", "32", "--num-buckets", "2", "--limit-train", "80", "--limit-eval",
             "16", "--eval-batch-size", "16", "--log-every", "4", "--lr", "1e-3",
-            "--max-steps", "7", "--save-every", "3", "--no-progress"]
+            "--max-steps", "7", "--save-every", "3", "--keep-last", "3", "--no-progress"]
     assert main(args) == 0
     good = last_params(out)
-    assert sorted(int(p.name) for p in (out / "last").iterdir()) == [6, 7]
+    assert sorted(int(p.name) for p in (out / "last").iterdir()) == [3, 6, 7]  # --keep-last 3
     for path in (out / "last" / "7").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\x00garbage")

@@ -18,7 +18,7 @@ from bert_jax.heads import HeadConfig
 MODES = ("multitask", "sequential")
 # Settings a --resume may change: they change neither the data order nor the parameters' path.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "limit_eval",
-                               "eval_batch_size", "save_every", "resume", "data_dir",
+                               "eval_batch_size", "save_every", "keep_last", "resume", "data_dir",
                                "tensorboard"})
 
 
@@ -114,6 +114,9 @@ class TrainConfig:
                              "copy in the loop)", positive_int)
     save_every: int = setting(500, "also checkpoint every N steps (0: only at epoch ends)",
                               nonnegative_int)
+    keep_last: int = setting(2, "whole training states kept in OUT/last (the newest N, about "
+                             "211 MB each for the default model): --resume needs one; a second "
+                             "is the fallback when the newest is damaged", positive_int)
     tensorboard: bool = setting(True, "also write the logged losses, gradient norm, learning "
                                 "rates and dev scores as TensorBoard event files in "
                                 "OUT/tensorboard (tensorboardX); --no-tensorboard: none")

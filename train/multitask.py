@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
     state = create_state(params, tx, cfg.seed, mesh)
     del params, encoder_params
 
-    ckpts = RunCheckpoints(out_dir)
+    ckpts = RunCheckpoints(out_dir, keep_last=cfg.keep_last)
     metrics_path, train_log_path = out_dir / "metrics.jsonl", out_dir / "train_log.jsonl"
     best_overall, start_step = -np.inf, 0
     if resume:
