@@ -19,7 +19,8 @@ $(error ACCEL must be cpu, cuda or tpu, not '$(ACCEL)')
 endif
 CORE := $(VENV)/.core-$(ACCEL)
 
-.PHONY: install install-dev train train-full test test-fast bench clean-venv
+.PHONY: install install-dev train train-full test test-fast bench device-check device-pack \
+	clean-venv
 
 $(CORE): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,20 @@ test-fast: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) -m bert_jax.bench $(ARGS)
+
+## The GPU check (BENCHMARKS.md "GPU (device check)"): correctness, speed against PyTorch and
+## a 10-epoch concat run, into $(DEVICE_OUT)/device_check.json and device_check.log.
+## SMOKE=1: the same stages on the CPU at a tiny size (what CI runs). On the GPU machine, where
+## there is no venv, the same runs as `python3 -m bert_jax.bench.device_check --pack device-pack
+## --out DIR` (device-pack/RUN.md has the device tool's call).
+DEVICE_OUT ?= device-check
+device-check: $(VENV)/.dev
+	$(PY) -m bert_jax.bench.device_check $(if $(filter 1,$(SMOKE)),--smoke) --out $(DEVICE_OUT) $(ARGS)
+
+## The folder that travels to the GPU machine (git-ignored, at most 60 MiB): wheels of what its
+## image lacks (datasets, dill, multiprocess), the data (xz), the embedded weights in float16.
+device-pack: $(VENV)/.dev
+	$(PY) -m bert_jax.bench.device_pack --out device-pack $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODELS, default="default",
                    help="default: the embedded all-MiniLM-L6-v2 weights; bert-base / tiny: that "
                         "shape with random weights")
+    p.add_argument("--init", default="all-MiniLM-L6-v2",
+                   help="weights (and tokenizer) of --model default: the embedded default, or a "
+                        "converted or HuggingFace folder holding them (e.g. a float16 copy)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per task per step")
     p.add_argument("--seq-len", type=int, default=0,
                    help="fixed sequence length (full-length sentences) instead of real lengths")
@@ -132,11 +135,12 @@ def run(args, sizes: list[int], reference, argv: list[str],
     check_device(args, platform_name)
     env = environment(argv, reference.environment() if reference else None)
     device_info = {"platform": platform_name, "device_kind": env["device_kind"]}
-    config, params, heads = load_jax_model(args.model, args.dtype, args.attention_impl, args.seed)
+    config, params, heads = load_jax_model(args.model, args.dtype, args.attention_impl, args.seed,
+                                           args.init)
     if args.seq_len and args.seq_len > config.max_position_embeddings:
         raise SystemExit(f"--seq-len {args.seq_len} exceeds the model's "
                          f"{config.max_position_embeddings} positions")
-    data = BenchData(args.data_dir, args.limit_train)
+    data = BenchData(args.data_dir, args.limit_train, args.init)
     res: dict[str, Any] = {
         **env, "model": args.model, "num_layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size, "params_total": count_params(params),

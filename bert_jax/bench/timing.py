@@ -69,10 +69,14 @@ def same_loss_check(jax_runner: JaxTrainRunner, reference: TorchReference, torch
                     sample) -> dict:
     """Dropout off, same weights, same examples (each framework on its own layout): both
     frameworks' summed loss (a same-work check)."""
-    arrays = sample["jax"]
-    out = jax_runner.model.apply({"params": jax_runner.state.params}, arrays.inputs,
-                                 deterministic=True)
-    loss_jax = float(sum(task_losses(out, arrays.labels).values()))
+    arrays, model = sample["jax"], jax_runner.model
+
+    @jax.jit  # one program, not one per operation (seconds on a GPU or a loaded CPU)
+    def loss(params, batch):
+        out = model.apply({"params": params}, batch.inputs, deterministic=True)
+        return sum(task_losses(out, batch.labels).values())
+
+    loss_jax = float(loss(jax_runner.state.params, arrays))
     loss_torch = reference.loss(torch_model, sample)
     return {"loss_jax": loss_jax, "loss_torch": loss_torch,
             "abs_diff": abs(loss_jax - loss_torch)}
@@ -277,7 +281,8 @@ def bench_encode(args, data: BenchData, config, params, heads,
     shapes = {"jax": [i.shape for i, *_ in jax_batches]}
     if reference is not None:
         torch_runs, shapes["torch"] = reference.encoders(config, params, heads, texts,
-                                                         jax_batches, bs, data.cfg.max_length)
+                                                         jax_batches, bs, data.cfg.max_length,
+                                                         data.model_dir)
         runs.update(torch_runs)
         shapes["torch_sorted"] = shapes["jax"]
     first, outputs, times = time_calls(runs, args.repeats, args.warmup)

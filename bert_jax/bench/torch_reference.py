@@ -111,9 +111,11 @@ def autocast(device: str, dtype: str):
 
 
 class TorchTrainRunner:
-    """The same step in PyTorch: eager, or with the forward and losses `torch.compile`d."""
+    """The same step in PyTorch: eager, or with the forward and losses `torch.compile`d
+    (`compile_options`: torch.compile's keyword arguments; default static shapes)."""
 
-    def __init__(self, model, lr: float, device: str, dtype: str, compiled: bool):
+    def __init__(self, model, lr: float, device: str, dtype: str, compiled: bool,
+                 compile_options: dict | None = None):
         self.name = "torch_compile" if compiled else "torch_eager"
         self.device = device
         self.model = model
@@ -125,7 +127,8 @@ class TorchTrainRunner:
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp):
                 return torch_losses(self.model(calls, batch_size), labels)
 
-        self.loss_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
+        options = {"dynamic": False} if compile_options is None else compile_options
+        self.loss_fn = torch.compile(loss_fn, **options) if compiled else loss_fn
         self.compile_seconds = 0.0
 
     def prepare(self, sample):
@@ -175,15 +178,18 @@ class TorchTrainRunner:
 
 class TorchReference:
     """PyTorch on this machine (CUDA when there is one) at `dtype`, with `threads` intra-op
-    threads (0: one per CPU, as XLA's thread pool): what `timing` calls for the reference side."""
+    threads (0: one per CPU, as XLA's thread pool): what `timing` calls for the reference side.
+    `compile_options`: torch.compile's keyword arguments for the compiled step (default
+    `dynamic=False`: one program per shape)."""
 
-    def __init__(self, threads: int, dtype: str):
+    def __init__(self, threads: int, dtype: str, compile_options: dict | None = None):
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # as XLA's default float32 precision
             torch.backends.cudnn.allow_tf32 = True
         self.dtype = dtype
+        self.compile_options = compile_options
 
     def environment(self) -> dict:
         return {"torch_device": self.device, "torch_threads": torch.get_num_threads(),
@@ -200,7 +206,7 @@ class TorchReference:
         if compiled_too:
             torch._dynamo.reset()
             runners.append(TorchTrainRunner(copy.deepcopy(model), lr, self.device, self.dtype,
-                                            compiled=True))
+                                            compiled=True, compile_options=self.compile_options))
         return runners
 
     def loss(self, model: TorchMultitaskBert, sample) -> float:
@@ -213,15 +219,16 @@ class TorchReference:
         return loss
 
     def encoders(self, config: BertConfig, params, heads: HeadConfig, texts: list[str],
-                 sorted_batches, batch_size: int,
-                 max_length: int) -> tuple[dict[str, Callable], list[tuple[int, int]]]:
+                 sorted_batches, batch_size: int, max_length: int,
+                 model_dir=None) -> tuple[dict[str, Callable], list[tuple[int, int]]]:
         """PyTorch's encoders of `texts` under `torch.inference_mode`, each returning the
         [len(texts), hidden] pooled embeddings: "torch" as users write it (the HF tokenizer's
         `padding=True` per batch, in file order) and "torch_sorted" on the project's sorted,
         bucketed batches (`sorted_batches`: [(ids, mask, real rows, row indices)], JAX's
-        arrays); with the file-order batches' [(rows, length)]."""
+        arrays); with the file-order batches' [(rows, length)]. The HuggingFace tokenizer is
+        read from `model_dir` (default: the embedded default's folder)."""
         device, n, hidden = self.device, len(texts), config.hidden_size
-        tok = transformers.AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+        tok = transformers.AutoTokenizer.from_pretrained(str(model_dir or embedded_model_dir()))
         file_order = []
         for start in range(0, n, batch_size):
             enc = tok(texts[start:start + batch_size], padding=True, truncation=True,

@@ -12,6 +12,7 @@ from bert_jax import data as data_lib
 from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, Sentences,
                                   TaskLabels)
 from bert_jax.config import PRESETS, BertConfig
+from bert_jax.embedded import DEFAULT_MODEL, resolve_model_dir
 from bert_jax.heads import HeadConfig, init_multitask_params
 from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer, pad_ids
@@ -22,13 +23,14 @@ from train.input_pipeline import (epoch_plan, make_step_batch, plan_layout,
 MODELS = ("default", "bert-base", "tiny")
 
 
-def load_jax_model(model: str, dtype: str, attention_impl: str,
-                   seed: int) -> tuple[BertConfig, dict, HeadConfig]:
+def load_jax_model(model: str, dtype: str, attention_impl: str, seed: int,
+                   init: str = DEFAULT_MODEL) -> tuple[BertConfig, dict, HeadConfig]:
     """(BertConfig, MultitaskBert params as host numpy, HeadConfig) for `model` (see MODELS):
-    the embedded all-MiniLM-L6-v2 weights, or that preset's shape with random weights."""
+    the weights of `init` for "default" (the embedded all-MiniLM-L6-v2, or a folder holding
+    them, such as the device pack's float16 copy), or that preset's shape with random weights."""
     heads = TrainConfig().head_config()
     if model == "default":
-        config, encoder = load_pretrained("all-MiniLM-L6-v2")
+        config, encoder = load_pretrained(init)
     else:
         config = PRESETS["bert-base" if model == "bert-base" else "tiny"]
         encoder = None
@@ -38,10 +40,13 @@ def load_jax_model(model: str, dtype: str, attention_impl: str,
 
 
 class BenchData:
-    """Tokenizer, training sets, buckets, the planned epoch's statistics and STS dev sentences."""
+    """Tokenizer (of `init`), training sets, buckets, the planned epoch's statistics and STS dev
+    sentences."""
 
-    def __init__(self, data_dir: str | None = None, limit_train: int = 0):
-        self.tokenizer = Tokenizer.from_pretrained("all-MiniLM-L6-v2")
+    def __init__(self, data_dir: str | None = None, limit_train: int = 0,
+                 init: str = DEFAULT_MODEL):
+        self.tokenizer = Tokenizer.from_pretrained(init)
+        self.model_dir = resolve_model_dir(init)
         self.cfg = TrainConfig()
         folder = data_lib.find_data_dir(data_dir)
         self.data_dir = folder
