@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from bert_jax.metrics import pearson
+
 SST_CLASSES = ("very neg", "neg", "neutral", "pos", "very pos")
 # One colour per task in every figure; "all": the sum of the task losses and the overall score.
 TASK_COLORS = {"sst": "tab:blue", "para": "tab:orange", "sts": "tab:green", "all": "black"}
@@ -131,7 +133,6 @@ def sst_confusion(pred, gold, out_png: str | Path) -> Path:
 def sts_scatter(pred, gold, out_png: str | Path) -> Path:
     """Predicted vs gold STS similarity ([n] each, 0..5 scale), with the diagonal and Pearson r."""
     pred, gold = _vectors(pred, gold, "sts_scatter")
-    from bert_jax.metrics import pearson
     r = pearson(pred, gold) if pred.size >= 2 else float("nan")
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()

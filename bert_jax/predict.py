@@ -24,8 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_jax.api import MultitaskModel
+from bert_jax.checkpoints import CheckpointError
 from bert_jax.cli import positive_int, prog
 from bert_jax.errors import BertJaxError
+from bert_jax.export import HEADS_CONFIG, is_export
+from bert_jax.pretrained import is_default_name
 
 TASK_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
                 "sts": ("sentence1", "sentence2")}
@@ -123,9 +127,6 @@ def _same_file(a: Path, b: Path) -> bool:
 def load_model(ckpt: str, which: str = "best", **kwargs):
     """A run folder -> `MultitaskModel.load`; a model name or converted/HF folder ->
     `MultitaskModel.from_pretrained` (fresh heads)."""
-    from bert_jax.api import MultitaskModel
-    from bert_jax.pretrained import is_default_name
-    from bert_jax.export import HEADS_CONFIG, is_export
     path = Path(ckpt)
     if (path / "train_config.json").is_file() or (is_export(path)
                                                     and (path / HEADS_CONFIG).is_file()):
@@ -209,7 +210,6 @@ def main(argv=None) -> int:
         kwargs = {"batch_size": args.batch_size}
         if args.max_length:
             kwargs["max_length"] = args.max_length
-        from bert_jax.checkpoints import CheckpointError
         try:
             model = load_model(args.ckpt, args.which, **kwargs)
         except CheckpointError as err:

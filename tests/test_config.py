@@ -9,7 +9,8 @@ import json
 import pytest
 
 from train.config import PRESETS, TrainConfig
-from train.multitask import _base_config, build_parser, config_from_args, main
+from train.flags import base_config as _base_config
+from train.multitask import build_parser, config_from_args, main
 
 
 def test_every_setting_has_a_sentence_of_help_and_a_flag():

@@ -11,14 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bert_jax", "train")
 MAX_LINES = 400
 
-LONG_MODULES = {
-    "train/multitask.py": "temporary: to split (the training loop, its CLI and fault handling)",
-}
+LONG_MODULES: dict[str, str] = {}
 FUNCTION_IMPORTS = {
     "bert_jax/__init__.py": "lazy attributes (PEP 562) keep `import bert_jax` light, see "
                             "tests/test_api.py::test_importing_bert_jax_stays_light",
-    "bert_jax/plots.py": "temporary: to hoist (no cycle forbids it)",
-    "bert_jax/predict.py": "temporary: to hoist (no cycle forbids it)",
     "bert_jax/bench/cli.py": "torch and transformers are optional (the torch extra): "
                              "torch_reference is loaded only when PyTorch timings are asked for",
 }

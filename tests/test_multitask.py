@@ -454,7 +454,7 @@ def test_single_class_training_labels_are_refused(tiny_init, data_dir, tmp_path)
 
 
 def test_a_diverging_loss_is_reported_while_still_finite(caplog):
-    from train.multitask import LossWatch
+    from train.step_log import LossWatch
     watch = LossWatch()
     with caplog.at_level("WARNING", logger="train.multitask"):
         for step, loss in ((10, 2.0), (20, 1.5), (30, 150.0), (40, 900.0), (50, 1e5)):
@@ -505,7 +505,7 @@ def test_cli_prints_progress_lines(tiny_init, data_dir, tmp_path):
 
 
 def test_the_first_interrupt_is_acknowledged_and_a_second_stops_at_once(capsys):
-    from train.multitask import _StopSignal
+    from train.signals import StopSignal as _StopSignal
     with pytest.raises(KeyboardInterrupt):
         with _StopSignal() as stop:
             os.kill(os.getpid(), signal.SIGINT)
