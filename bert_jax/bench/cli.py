@@ -18,6 +18,7 @@ from bert_jax.bench.report import (DEFINITIONS, environment, load_average, plot_
                                    print_profiles, print_report, write_json)
 from bert_jax.bench.timing import bench_encode, bench_train
 from bert_jax.bench.workload import MODELS, BenchData, load_jax_model
+from bert_jax.cli import prog
 
 log = logging.getLogger("bert_jax.bench")
 
@@ -32,7 +33,7 @@ SWEEP_KEYS = ("batch_size", "train_step_seconds_jax", "train_step_seconds_torch_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bert_jax.bench",
+    p = argparse.ArgumentParser(prog=prog("bert_jax.bench"),
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="default",
