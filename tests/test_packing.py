@@ -89,6 +89,29 @@ def test_packed_encoder_equals_padded_encoder_on_the_default_model(default_model
                                    np.asarray(h_pad)[k, :len(sentence)], atol=1e-4)
 
 
+def test_packed_bfloat16_pass_agrees_with_padded_float32(default_model, tokenizer, data_dir):
+    """--dtype bfloat16 (the default on GPU/TPU) with packed rows: each sentence's mean-pooled
+    embedding has cosine >= 0.999 with the padded float32 pass's, and keeps its own identity
+    (closest to its own float32 embedding among all sentences)."""
+    config, encoder = default_model
+    heads = HeadConfig(pooling="mean")
+    params = init_multitask_params(config, heads, jax.random.PRNGKey(0), encoder)
+    sentences = _real_sentences(tokenizer, data_dir)
+    ids, mask = pad_ids(sentences, max(map(len, sentences)))
+    exact = np.asarray(MultitaskBert(config, heads).apply(
+        {"params": params}, ids, mask, method=MultitaskBert.embed), np.float64)
+    rows = pack(sentences, 64)
+    half = MultitaskBert(config.replace(dtype="bfloat16"), heads)
+    packed = np.asarray(half.apply({"params": params}, rows["input_ids"], rows["segment_ids"],
+                                   rows["position_ids"], len(sentences),
+                                   method=MultitaskBert.embed_packed), np.float64)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    similarity = unit(packed) @ unit(exact).T  # [n, n]
+    assert np.diag(similarity).min() >= 0.999, np.diag(similarity).min()
+    np.testing.assert_array_equal(similarity.argmax(1), np.arange(len(sentences)))
+    assert not np.allclose(packed, exact, atol=1e-6)  # it did compute in bfloat16
+
+
 def _as_packed(batch: Batch, shards: int, row_length: int) -> Batch:
     """A padded multitask batch repacked per shard, independently of the input pipeline."""
     per_shard = []
