@@ -114,7 +114,7 @@ def varied_run(tmp_path_factory, tiny_run, data_dir) -> Path:
     import jax
     import numpy as np
     from bert_jax import data as data_lib
-    from bert_jax.checkpoints import RunCheckpoints, load_run
+    from bert_jax.checkpoints import load_run
     from bert_jax.heads import MultitaskBert
     from bert_jax.tokenizer import Tokenizer
     from train.evaluate import Evaluator
@@ -135,13 +135,20 @@ def varied_run(tmp_path_factory, tiny_run, data_dir) -> Path:
                                  "bias": np.full_like(para["bias"], -30.0 * centre)}
     params["sst_classifier"] = {"kernel": np.asarray(params["sst_classifier"]["kernel"]) * 30.0,
                                 "bias": np.zeros_like(params["sst_classifier"]["bias"])}
-    shutil.rmtree(out / "best")
-    store = RunCheckpoints(out)
+    replace_best(out, params, run.meta)
+    return out
+
+
+def replace_best(run_dir: Path, params, meta: dict) -> None:
+    """Put `params` in `run_dir/best/` in place of the run's own best parameters."""
+    import shutil
+    from bert_jax.checkpoints import RunCheckpoints
+    shutil.rmtree(run_dir / "best")
+    store = RunCheckpoints(run_dir)
     try:
-        store.save_best(int(run.meta["step"]), params, run.meta)
+        store.save_best(int(meta["step"]), params, meta)
     finally:
         store.close()
-    return out
 
 
 @pytest.fixture(scope="session")

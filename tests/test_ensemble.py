@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import replace_best
 from scipy.special import expit, logit, softmax
 
 from train import ensemble, evaluate
@@ -70,19 +71,14 @@ def test_soup_refuses_trees_of_another_shape_naming_the_run():
 def two_runs(tiny_run, tmp_path_factory):
     """The shared tiny run and a copy whose best/ weights are perturbed (another 'seed')."""
     import shutil
-    from bert_jax.checkpoints import RunCheckpoints, load_run
+    from bert_jax.checkpoints import load_run
     other = tmp_path_factory.mktemp("ensemble") / "run2"
     shutil.copytree(tiny_run, other)
     run = load_run(other)
     keys = iter(jax.random.split(jax.random.PRNGKey(7), len(jax.tree.leaves(run.params))))
     noisy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape, x.dtype),
                          run.params)
-    shutil.rmtree(other / "best")
-    store = RunCheckpoints(other)
-    try:
-        store.save_best(int(run.meta["step"]), noisy, run.meta)
-    finally:
-        store.close()
+    replace_best(other, noisy, run.meta)
     return tiny_run, other
 
 
