@@ -1,6 +1,7 @@
 """`python -m train.analyze`: ranked mistakes per task, and the report file."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -73,6 +74,17 @@ def test_cli_errors(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+NUMBER = re.compile(r"[-+]?\d+\.\d+")
+
+
+def assert_same_report(a: str, b: str, atol: float = 0.0015) -> None:
+    """The same report up to the last printed digit: evaluate pads 40 rows where the model run
+    pads 24, which moves a float32 score by about 1e-4 and can flip a rounded digit."""
+    assert NUMBER.sub("#", a) == NUMBER.sub("#", b)
+    np.testing.assert_allclose([float(x) for x in NUMBER.findall(a)],
+                               [float(x) for x in NUMBER.findall(b)], atol=atol, rtol=0)
+
+
 def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_path,
                                                       monkeypatch, capsys):
     """train.evaluate's dev outputs of the same checkpoint are read: no model is loaded or
@@ -97,7 +109,7 @@ def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_p
     err = capsys.readouterr().err
     assert "dev-outputs.npz" in err and "the model was not run" in err
     assert str(tmp_path / "saved.md") in err.splitlines()[-1]  # the closing block names it
-    assert (tmp_path / "saved.md").read_text() == (tmp_path / "model.md").read_text()
+    assert_same_report((tmp_path / "saved.md").read_text(), (tmp_path / "model.md").read_text())
 
     # another checkpoint (--which last), or more rows than evaluate scored: the model runs
     assert main(args + ["--which", "last", "--out", str(tmp_path / "last.md")]) == 0
