@@ -24,6 +24,7 @@ import numpy as np
 from bert_jax.checkpoints import load_run
 from bert_jax.config import BertConfig
 from bert_jax.data import TaskData
+from bert_jax.errors import ConfigError
 from bert_jax.exported import is_export, load_export
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.inference import predict_task
@@ -73,7 +74,7 @@ class MultitaskModel:
                  buckets: Sequence[int] | None = None, heads_trained: bool = True,
                  source: str = ""):
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, not {max_length}")
+            raise ConfigError(f"max_length must be at least 2, not {max_length}")
         max_length = min(max_length, bert_config.max_position_embeddings)
         self.config, self.heads, self.tokenizer = bert_config, heads, tokenizer
         self.max_length, self.batch_size = int(max_length), int(batch_size)

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from bert_jax.config import BertConfig
-from bert_jax.errors import ConversionError
+from bert_jax.errors import ConversionError, MissingDependencyError, MissingFileError
 from bert_jax.weight_names import FORMATS, detect_format, source_name
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -31,8 +31,9 @@ def _import_torch():
     try:
         import torch
     except ImportError:
-        raise ImportError("reading .bin/.pt checkpoints needs PyTorch: `pip install torch` "
-                          "(CPU is enough), or convert from .safetensors") from None
+        raise MissingDependencyError(
+            "reading .bin/.pt checkpoints needs PyTorch: `pip install torch` (CPU is enough), or "
+            "convert from .safetensors") from None
     return torch
 
 
@@ -59,7 +60,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         return _read_safetensors(path), {}
     torch = _import_torch()
@@ -114,8 +115,8 @@ def find_weights(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)} there (sharded "
-                            "checkpoints are not supported)")
+    raise MissingFileError(f"{folder}: no {' or '.join(WEIGHT_FILES)} there (sharded "
+                           "checkpoints are not supported)")
 
 
 def read_config(path: str | Path) -> BertConfig:
@@ -126,7 +127,7 @@ def read_config(path: str | Path) -> BertConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
+        raise MissingFileError(f"{path}: no such config file")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:

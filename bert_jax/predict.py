@@ -27,7 +27,7 @@ import numpy as np
 from bert_jax.api import MultitaskModel
 from bert_jax.checkpoints import CheckpointError
 from bert_jax.cli import positive_int, prog
-from bert_jax.errors import BertJaxError
+from bert_jax.errors import BertJaxError, MissingFileError
 from bert_jax.export import HEADS_CONFIG, is_export
 from bert_jax.pretrained import is_default_name
 
@@ -134,10 +134,10 @@ def load_model(ckpt: str, which: str = "best", **kwargs):
     if is_default_name(ckpt) or (path / "config.json").is_file():
         return MultitaskModel.from_pretrained(ckpt, **kwargs)
     if not path.exists():
-        raise FileNotFoundError(f"{ckpt}: no such run folder. Pass the --out folder of "
-                                "`python -m train.multitask`, or 'all-MiniLM-L6-v2'")
-    raise FileNotFoundError(f"{ckpt}: not a training run folder (no train_config.json) nor a "
-                            "model folder (no config.json)")
+        raise MissingFileError(f"{ckpt}: no such run folder. Pass the --out folder of "
+                               "`python -m train.multitask`, or 'all-MiniLM-L6-v2'")
+    raise MissingFileError(f"{ckpt}: not a training run folder (no train_config.json) nor a "
+                           "model folder (no config.json)")
 
 
 def write_csv(out, id_name: str, ids: list[str], task: str, outputs: np.ndarray) -> None:
@@ -200,7 +200,10 @@ def main(argv=None) -> int:
                 raise InputError(f"--output {args.output} is the input file: writing the "
                                  "predictions would replace it. Pass another --output")
             source = str(path)
-            raw = path.read_bytes()
+            try:
+                raw = path.read_bytes()
+            except OSError as err:  # unreadable: permissions, a folder, ...
+                raise InputError(f"{path}: cannot read it ({err.strerror})") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -222,18 +225,20 @@ def main(argv=None) -> int:
         outputs = model.raw_outputs(args.task, *columns)
         if args.output:
             out = Path(args.output)
-            out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
             try:  # written whole, then renamed: a failure never leaves half a file
+                out.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "w", newline="") as f:
                     write_csv(f, id_name, ids, args.task, outputs)
                 os.replace(tmp, out)
+            except OSError as err:  # permissions, a full disk, a folder in the way
+                raise InputError(f"--output {out}: cannot write it ({err.strerror})") from None
             finally:
                 tmp.unlink(missing_ok=True)
             print(f"wrote {len(ids)} predictions to {out.resolve()}", file=sys.stderr)
         else:
             write_csv(sys.stdout, id_name, ids, args.task, outputs)
-    except (ValueError, FileNotFoundError, OSError) as err:  # InputError is a ValueError
+    except BertJaxError as err:  # InputError, CheckpointError, MissingFileError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

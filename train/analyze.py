@@ -22,8 +22,9 @@ import numpy as np
 
 from bert_jax import data as data_lib
 from bert_jax import metrics
-from bert_jax.checkpoints import CheckpointError, newest_checkpoint
+from bert_jax.checkpoints import newest_checkpoint
 from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
+from bert_jax.errors import BertJaxError
 from bert_jax.inference import predict_task
 from bert_jax.predict import load_model
 from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
         saved = saved_dev_outputs(args.ckpt, args.which, args.data_dir)
         results = analyze(model, tasks, args.data_dir, args.top, args.limit or None, saved,
                           progress=not args.no_progress)
-    except (data_lib.DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except BertJaxError as err:  # DataError, CheckpointError, MissingFileError
         print(f"error: {err}", file=sys.stderr)
         return 2
     title = f"Error analysis: {args.ckpt}"

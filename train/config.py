@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 from bert_jax.cs224n import TASKS
+from bert_jax.errors import ConfigError
 from bert_jax.heads import HeadConfig
 
 MODES = ("multitask", "sequential")
@@ -138,37 +139,37 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+            raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, not {self.tasks}")
+            raise ConfigError(f"tasks must be a non-empty subset of {TASKS}, not {self.tasks}")
         if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', not {self.nonfinite!r}")
+            raise ConfigError(f"nonfinite must be 'stop' or 'skip', not {self.nonfinite!r}")
         if self.epoch_steps not in ("max", "min"):
-            raise ValueError(f"epoch_steps must be 'max' or 'min', not {self.epoch_steps!r}")
+            raise ConfigError(f"epoch_steps must be 'max' or 'min', not {self.epoch_steps!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', not {self.dtype!r}")
+            raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', not {self.dtype!r}")
         if self.pack and self.attention_impl == "cudnn":
-            raise ValueError("attention_impl 'cudnn' takes no packed rows: pass --no-pack with it")
+            raise ConfigError("attention_impl 'cudnn' takes no packed rows: pass --no-pack with it")
         if self.pack_length < 1:
-            raise ValueError(f"pack_length must be positive, not {self.pack_length}")
+            raise ConfigError(f"pack_length must be positive, not {self.pack_length}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
-            raise ValueError(f"layer_lr_decay must be in (0, 1], not {self.layer_lr_decay}")
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], not {self.layer_lr_decay}")
         if self.sst_phrases_count < -1:
-            raise ValueError("sst_phrases_count must be -1 (fill SST to the largest task) or a "
+            raise ConfigError("sst_phrases_count must be -1 (fill SST to the largest task) or a "
                              f"count >= 0, not {self.sst_phrases_count}")
         if self.sst_phrases_min_words < 1:
-            raise ValueError("sst_phrases_min_words must be at least 1, not "
+            raise ConfigError("sst_phrases_min_words must be at least 1, not "
                              f"{self.sst_phrases_min_words}")
         if self.sst_phrases and "sst" not in self.tasks:
-            raise ValueError("sst_phrases adds SST training data: the tasks must include sst")
+            raise ConfigError("sst_phrases adds SST training data: the tasks must include sst")
         for f in dataclasses.fields(self):  # the ranges the command line checks hold here too
             check = f.metadata.get("type")
             if check is not None:
                 try:
                     check(str(getattr(self, f.name)))
                 except Exception as err:  # argparse.ArgumentTypeError
-                    raise ValueError(f"{f.name}: {err}") from None
+                    raise ConfigError(f"{f.name}: {err}") from None
         self.head_config()  # validates pooling and heads
 
     def compute_dtype(self, platform: str) -> str:
@@ -206,7 +207,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+            raise ConfigError(f"unknown TrainConfig fields: {unknown}")
         values = dict(values)
         if "tasks" in values:
             values["tasks"] = tuple(values["tasks"])

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int, prog
-from bert_jax.checkpoints import CheckpointError, RunFiles, load_run, read_json
+from bert_jax.errors import BertJaxError
+from bert_jax.checkpoints import RunFiles, load_run, read_json
 from bert_jax.heads import MultitaskBert
 from bert_jax.inference import predict_task, to_predictions
 from bert_jax.plots import write_eval_plots
@@ -355,8 +356,7 @@ def main(argv=None) -> int:
         scores, written = _evaluate(args.run_dirs, out, args.data_dir, args.which,
                                     args.batch_size, args.limit, not args.no_progress,
                                     args.combine)
-    except (data_lib.DataError, CheckpointError, CombineError, FileNotFoundError,
-            ValueError) as err:
+    except BertJaxError as err:  # DataError, CheckpointError, CombineError, MissingFileError
         print(f"error: {err}", file=sys.stderr)
         return 2
     if "runs" in scores:

@@ -26,6 +26,7 @@ from bert_jax import metrics
 from bert_jax.api import MultitaskModel
 from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
 from bert_jax.data import TaskData
+from bert_jax.errors import BertJaxError
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
 from train.evaluate import closing_block
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         scores = run(args.init, args.data_dir, args.max_length, args.limit_train)
-    except (data_lib.DataError, FileNotFoundError) as err:
+    except BertJaxError as err:  # DataError, MissingFileError, ConfigError
         print(f"error: {err}", file=sys.stderr)
         return 2
     scores["wall_seconds"] = round(time.time() - start, 1)

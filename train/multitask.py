@@ -25,8 +25,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bert_jax.checkpoints import CheckpointError, RunCheckpoints, run_lock
-from bert_jax.errors import BertJaxError
+from bert_jax.checkpoints import RunCheckpoints, run_lock
+from bert_jax.errors import BertJaxError, ConfigError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained
@@ -82,7 +82,7 @@ def _load_encoder(cfg: TrainConfig, dtype: str):
     """(BertConfig, encoder params) of `cfg.init`; a config that cannot work is refused here."""
     try:
         bert_config, encoder_params = load_pretrained(cfg.init, dtype=dtype)
-    except ValueError as err:  # BertConfig validation: names the field
+    except ConfigError as err:  # BertConfig validation: names the field
         raise TrainingError(f"--init {cfg.init}: {err}") from None
     if cfg.max_length < 2:
         raise TrainingError(f"--max-length {cfg.max_length}: a sentence needs at least 2 "
@@ -231,7 +231,7 @@ def _train(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path], 
 def main(argv=None) -> int:
     try:
         base, base_name = base_config(sys.argv[1:] if argv is None else argv)
-    except (TrainingError, CheckpointError) as err:
+    except BertJaxError as err:  # TrainingError, CheckpointError, ConfigError
         print(f"error: {err}", file=sys.stderr)
         return 2
     parser = build_parser(base, base_name)
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
     try:
         cfg = config_from_args(args, base)
-    except ValueError as err:  # TrainConfig's validation names the field
+    except ConfigError as err:  # TrainConfig's validation names the field
         parser.error(str(err))
     out = args.out or f"checkpoints/{args.preset}"
     try:
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         print(f"\nstopped at once (second interrupt); the checkpoints already in {out} are "
               "intact: continue with --resume", file=sys.stderr)
         return 130
-    except (BertJaxError, FileNotFoundError) as err:
+    except BertJaxError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
