@@ -10,15 +10,13 @@ watches the others'; a process that fails says so there (`guard()`), one that di
 that aborts with a stack trace). SIGTERM goes to JAX's preemption service: every process stops
 after the same step (`stop_signal`), with a checkpoint.
 
-Limitation (JAX 0.10): process 0 hosts the coordination service. When process 0 dies, JAX's
-error polling aborts the others at once with its own fatal log (a stack trace, exit 134); its
-callback cannot be replaced from Python.
+Process 0's death is reported like any other's: JAX's coordination service, which it starts,
+lives in a child process that outlives it (`train.launch.ServiceProcess`).
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -37,6 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bert_jax.errors import BertJaxError, ConfigError
+from train.launch import Launch, launch_from_env, service_in_child_process
 
 log = logging.getLogger("train.distributed")
 
@@ -50,67 +49,6 @@ class PeerError(BertJaxError, RuntimeError):
     """Another process of a multi-process run failed, died, or could not be reached."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Launch:
-    """How this process joins the run; None fields are left to JAX's cluster detection."""
-    coordinator: str | None
-    num_processes: int | None
-    process_id: int | None
-    source: str
-    heartbeat_timeout: int = 60
-    init_timeout: int = 300
-    shutdown_timeout: int = 300
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int | None = None,
-             minimum: int = 0) -> int | None:
-    text = env.get(name, "").strip()
-    if text and not (text.lstrip("-").isdigit() and int(text) >= minimum):
-        raise ConfigError(f"{name}={text!r}: expected a whole number of at least {minimum}")
-    return int(text) if text else default
-
-
-def launch_from_env(env: Mapping[str, str] = os.environ) -> Launch | None:
-    """The launch `env` describes (None: this process runs alone), in this order:
-    JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0) with JAX_NUM_PROCESSES and JAX_PROCESS_ID
-    (else SLURM_NTASKS / SLURM_PROCID); inside `srun` with SLURM_NTASKS > 1, SLURM alone (JAX
-    picks the step's first node); BERT_JAX_DISTRIBUTED=auto: JAX's detection (TPU pod slices,
-    Open MPI); =off: alone. Timeouts (s): BERT_JAX_{HEARTBEAT,INIT,SHUTDOWN}_TIMEOUT."""
-    mode = env.get("BERT_JAX_DISTRIBUTED", "").strip().lower()
-    if mode in ("0", "off", "no", "false"):
-        return None
-    timeouts = dict(heartbeat_timeout=_int_env(env, "BERT_JAX_HEARTBEAT_TIMEOUT", 60, 2),
-                    init_timeout=_int_env(env, "BERT_JAX_INIT_TIMEOUT", 300, 1),
-                    shutdown_timeout=_int_env(env, "BERT_JAX_SHUTDOWN_TIMEOUT", 300, 1))
-    address = env.get("JAX_COORDINATOR_ADDRESS", "").strip()
-    if address:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"JAX_COORDINATOR_ADDRESS={address!r}: expected HOST:PORT of "
-                              "process 0 (e.g. 10.0.0.1:12355)")
-        names = [a if env.get(a) else b for a, b in (("JAX_NUM_PROCESSES", "SLURM_NTASKS"),
-                                                      ("JAX_PROCESS_ID", "SLURM_PROCID"))]
-        count, pid = _int_env(env, names[0], None, 1), _int_env(env, names[1], None, 0)
-        for name, value in (("JAX_NUM_PROCESSES", count), ("JAX_PROCESS_ID", pid)):
-            if value is None:
-                raise ConfigError(
-                    f"JAX_COORDINATOR_ADDRESS is set but {name} is not: start every process "
-                    "with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES (N) and its own "
-                    "JAX_PROCESS_ID (0 to N-1)")
-        if pid >= count:
-            raise ConfigError(f"{names[1]}={pid} with {names[0]}={count}: process ids run from "
-                              f"0 to {count - 1}")
-        return Launch(address, count, pid, "JAX_* variables", **timeouts)
-    slurm_count = _int_env(env, "SLURM_NTASKS", None, 1)
-    if (slurm_count or 0) > 1 and env.get("SLURM_PROCID") and env.get("SLURM_STEP_NODELIST"):
-        return Launch(None, slurm_count, _int_env(env, "SLURM_PROCID"), "SLURM", **timeouts)
-    if mode in ("auto", "1", "on", "yes", "true"):
-        return Launch(None, None, None, "BERT_JAX_DISTRIBUTED=auto", **timeouts)
-    if mode:
-        raise ConfigError(f"BERT_JAX_DISTRIBUTED={mode!r}: expected 'auto' or 'off'")
-    return None
-
-
 def initialize(env: Mapping[str, str] = os.environ) -> bool:
     """Join the run `env` describes (False: this process runs alone). Before any JAX device is
     touched. ConfigError: a launch that cannot work; PeerError: the others cannot be reached."""
@@ -119,12 +57,13 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(
-            coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-            process_id=launch.process_id, initialization_timeout=launch.init_timeout,
-            # JAX's verdict aborts with a stack trace: the watchdog's one line comes first
-            heartbeat_timeout_seconds=2 * launch.heartbeat_timeout + 10,
-            shutdown_timeout_seconds=launch.shutdown_timeout)
+        with service_in_child_process():
+            jax.distributed.initialize(
+                coordinator_address=launch.coordinator, num_processes=launch.num_processes,
+                process_id=launch.process_id, initialization_timeout=launch.init_timeout,
+                # JAX's verdict aborts with a stack trace: the watchdog's one line comes first
+                heartbeat_timeout_seconds=2 * launch.heartbeat_timeout + 10,
+                shutdown_timeout_seconds=launch.shutdown_timeout)
     except (RuntimeError, ValueError) as err:
         raise PeerError(
             f"could not start the multi-process run (from {launch.source}): {_first_line(err)}."
@@ -278,7 +217,7 @@ def guard():
                              "output. Restart every process (with --resume to continue)")
             _WATCH.record_failure(peer, 2)
             raise peer from None
-        code = 2 if isinstance(err, (BertJaxError, FileNotFoundError)) else 1  # as main's
+        code = 2 if isinstance(err, BertJaxError) else 1  # as main's
         _WATCH.record_failure(err, 130 if isinstance(err, KeyboardInterrupt) else 3 if (
             "RESOURCE_EXHAUSTED" in str(err)) else code)
         raise
