@@ -1,4 +1,4 @@
-"""Checkpoint conversion: error cases, minBERT checkpoints, the embedded default's sha and cache."""
+"""Checkpoint conversion (bert_jax/convert.py): error cases, minBERT checkpoints, overwriting."""
 from __future__ import annotations
 
 import argparse
@@ -19,9 +19,9 @@ torch = require("torch")
 transformers = require("transformers")
 
 from bert_jax import BertConfig, BertModel, Tokenizer, load_pretrained  # noqa: E402
-from bert_jax import convert, converted, embedded, pretrained  # noqa: E402
+from bert_jax import convert, converted, embedded  # noqa: E402
 from bert_jax.convert import convert_checkpoint, convert_state_dict  # noqa: E402
-from bert_jax.errors import ChecksumError, ConversionError  # noqa: E402
+from bert_jax.errors import ConversionError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = embedded.embedded_model_dir() / "vocab.txt"
@@ -252,55 +252,6 @@ def test_minbert_function(tmp_path, minbert_checkpoint, tiny_torch, batch, capsy
         converted.save_converted(tmp_path / "out", params, config, VOCAB)
 
 
-# ---------------------------------------------------------------- the embedded default
-
-def test_default_sha_mismatch(tmp_path, monkeypatch):
-    src = embedded.embedded_model_dir()
-    copy = tmp_path / "model"
-    copy.mkdir()
-    for item in src.iterdir():
-        if item.name != "model.safetensors":
-            (copy / item.name).symlink_to(item)
-    data = bytearray((src / "model.safetensors").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "model.safetensors").write_bytes(data)
-    monkeypatch.setattr(pretrained, "embedded_model_dir", lambda: copy)
-    with pytest.raises(ChecksumError) as err:
-        load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path / "cache")
-    message = str(err.value)
-    assert str(copy / "model.safetensors") in message
-    assert embedded.DEFAULT_MODEL_SHA256 in message
-    assert pretrained.file_sha256(copy / "model.safetensors") in message
-    assert not (tmp_path / "cache").exists()
-
-
-def test_default_second_load_uses_cache(default_model, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("converted again instead of loading the cache")
-    monkeypatch.setattr(pretrained, "convert_checkpoint", refuse)
-    config, params = load_pretrained("all-MiniLM-L6-v2", dtype="bfloat16")
-    assert config.dtype == "bfloat16" and config.replace(dtype="float32") == default_model[0]
-    jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
-    assert pretrained.load_config("all-MiniLM-L6-v2").shape_dict() == \
-        BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536).shape_dict()
-
-
-def test_default_corrupt_cache_is_rebuilt(tmp_path, default_model, bert_jax_cache):
-    (entry,) = bert_jax_cache.glob("all-MiniLM-L6-v2-*")
-    damaged = tmp_path / entry.name
-    import shutil
-    shutil.copytree(entry, damaged)
-    meta = json.loads((damaged / "conversion.json").read_text())
-    meta["params_crc32"] = "00000000"
-    (damaged / "conversion.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="cached conversion unusable.*corrupt"):
-        _, params = load_pretrained("all-MiniLM-L6-v2", cache_dir=tmp_path)
-    jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
-    assert json.loads((damaged / "conversion.json").read_text())["params_crc32"] != "00000000"
-    converted.load_converted(damaged)  # rebuilt and intact
-
-
 def test_overwrite_never_deletes_the_source_or_the_working_folder(tmp_path, tiny_torch,
                                                                    monkeypatch, capsys):
     src = write_hf_folder(tiny_torch, tmp_path / "hf")
@@ -323,17 +274,6 @@ def test_overwrite_never_deletes_the_source_or_the_working_folder(tmp_path, tiny
     assert convert.main([str(src), "converted"]) == 0
     assert convert.main([str(src), "converted", "--overwrite"]) == 0
     assert (tmp_path / "converted" / "conversion.json").is_file()
-
-
-def test_default_with_an_unwritable_cache_still_loads(tmp_path, default_model):
-    blocker = tmp_path / "cache-is-a-file"
-    blocker.write_text("x")
-    with pytest.warns(UserWarning, match="could not cache the converted model"):
-        config, params = load_pretrained("all-MiniLM-L6-v2", cache_dir=blocker)
-    assert config == default_model[0]
-    np.testing.assert_array_equal(
-        np.asarray(params["embeddings"]["word_embeddings"]["embedding"]),
-        np.asarray(default_model[1]["embeddings"]["word_embeddings"]["embedding"]))
 
 
 class _Payload:

@@ -1,4 +1,4 @@
-"""The Flax encoder against PyTorch `transformers.BertModel` (CPU, float32).
+"""bert_jax/model.py: the Flax encoder against PyTorch `transformers.BertModel` (CPU, float32).
 
 Real all-MiniLM-L6-v2 weights and a randomly initialised bert-base-shaped model converted through
 the CLI; padded batches of single sentences and of sentence pairs (token_type_ids 1).
