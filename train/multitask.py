@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bert_jax.checkpoints import RunCheckpoints, run_lock
-from bert_jax.errors import BertJaxError, ConfigError
+from bert_jax.errors import BertJaxError, ChecksumError, ConfigError, ConversionError
 from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.plots import write_run_plots
 from bert_jax.pretrained import load_pretrained
@@ -82,7 +82,7 @@ def _load_encoder(cfg: TrainConfig, dtype: str):
     """(BertConfig, encoder params) of `cfg.init`; a config that cannot work is refused here."""
     try:
         bert_config, encoder_params = load_pretrained(cfg.init, dtype=dtype)
-    except ConfigError as err:  # BertConfig validation: names the field
+    except (ConfigError, ConversionError, ChecksumError) as err:  # names the field or file
         raise TrainingError(f"--init {cfg.init}: {err}") from None
     if cfg.max_length < 2:
         raise TrainingError(f"--max-length {cfg.max_length}: a sentence needs at least 2 "
