@@ -5,6 +5,7 @@ import re
 import shutil
 
 import numpy as np
+import pytest
 
 from train.analyze import analyze_task, main, to_markdown
 
@@ -48,6 +49,7 @@ def test_markdown_escapes_pipes_and_newlines():
     assert "a \\| b c" in to_markdown([a], "T")
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(tiny_run, data_dir, tmp_path, capsys):
     out = tmp_path / "report.md"
     code = main([str(tiny_run), "--data-dir", str(data_dir), "--top", "3", "--limit", "24",
@@ -85,6 +87,7 @@ def assert_same_report(a: str, b: str, atol: float = 0.0015) -> None:
                                [float(x) for x in NUMBER.findall(b)], atol=atol, rtol=0)
 
 
+@pytest.mark.slow
 def test_analyze_after_evaluate_does_not_run_the_model(tiny_run, data_dir, tmp_path,
                                                       monkeypatch, capsys):
     """train.evaluate's dev outputs of the same checkpoint are read: no model is loaded or
@@ -127,6 +130,7 @@ def _table(text: str, heading: str) -> list[list[str]]:
     return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[1:]]
 
 
+@pytest.mark.slow
 def test_report_rows_are_the_models_mistakes_ranked(varied_run, data_dir, tmp_path):
     """Each row against train.evaluate's dev outputs of the same checkpoint and the dev files
     read independently: the right ids, predictions, gold labels, probabilities (scipy),

@@ -50,6 +50,7 @@ def read_prediction_file(path: Path) -> tuple[list[str], np.ndarray]:
     return [r[0].strip() for r in rows], np.asarray([float(r[1]) for r in rows])
 
 
+@pytest.mark.slow
 def test_scores_and_predictions_equal_train_evaluate(varied_run, varied, data_dir, tmp_path):
     from train.evaluate import evaluate_run
     scores = evaluate_run(varied_run, tmp_path, str(data_dir), limit=N_DEV, progress=False)
@@ -72,6 +73,7 @@ def test_scores_and_predictions_equal_train_evaluate(varied_run, varied, data_di
         assert ours[key] == pytest.approx(scores[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_default_max_length_reproduces_the_trainers_dev_scores(model, tiny_run, data_dir):
     rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     best = [r for r in rows if r["best"]][-1]
@@ -152,6 +154,7 @@ def test_from_pretrained_similarity_works_zero_shot():
     assert model.embed(["hello"]).shape == (1, 384)
 
 
+@pytest.mark.slow
 def test_importing_bert_jax_stays_light():
     code = ("import sys, bert_jax; assert 'bert_jax.api' not in sys.modules; "
             "assert 'datasets' not in sys.modules; print(bert_jax.MultitaskModel.__name__)")

@@ -218,6 +218,7 @@ def minbert_checkpoint(tmp_path_factory, tiny_torch):
     return path
 
 
+@pytest.mark.slow
 def test_minbert_cli(tmp_path, minbert_checkpoint, tiny_torch, batch):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO_ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)).rstrip(os.pathsep)}

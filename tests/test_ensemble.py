@@ -87,6 +87,7 @@ def _outputs(folder):
         return {k: f[k] for k in f.files}
 
 
+@pytest.mark.slow
 def test_evaluate_two_runs_ensemble_and_soup(two_runs, data_dir, tmp_path, capsys):
     """The ensemble's dev outputs are combine_outputs of each run's own; the soup's are the
     outputs of one run holding the averaged weights; scores.json names both runs."""

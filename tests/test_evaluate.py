@@ -37,6 +37,7 @@ def _head(src, dst, lines):
         dst.write_text("".join(f.readline() for _ in range(lines)), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_path):
     """Rows without a label are predicted from their text; a row without text gets the
     fallback prediction; scores use the labeled rows only."""
@@ -80,6 +81,7 @@ def closing_paths(text: str) -> list[str]:
     return [line.strip() for line in lines[start + 1:] if line.startswith("  ")]
 
 
+@pytest.mark.slow
 def test_closing_block_names_every_file_written(tiny_run, data_dir, tmp_path, capsys):
     import json
     out = tmp_path / "predictions"
@@ -100,6 +102,7 @@ def test_closing_block_names_every_file_written(tiny_run, data_dir, tmp_path, ca
     assert set(scores["dev_files"]) == {"sst", "para", "sts"}
 
 
+@pytest.mark.slow
 def test_written_to_a_file_the_progress_is_plain_lines(tiny_run, data_dir, tmp_path):
     """No bars (carriage returns, escape sequences) in a log file: evaluation and datasets'
     tokenizing print a few plain lines instead."""

@@ -114,6 +114,7 @@ def test_the_baselines_untrained_heads_stay_untrained():
     assert moved > 1e-3  # while the SST head trains
 
 
+@pytest.mark.slow
 def test_the_heads_store_parameters_in_the_encoders_param_dtype():
     """Issue 14: the heads' dense layers take `param_dtype` as the encoder's layers do."""
     heads = HeadConfig(para_head="concat", sts_head="linear")  # every dense head

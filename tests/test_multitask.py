@@ -76,6 +76,7 @@ def test_presets_build_the_heads_and_losses_they_claim(name, tasks, mode, poolin
     assert params["para_hidden"]["kernel"].shape == (64, 32) if para == "concat" else True
 
 
+@pytest.mark.slow
 def test_sequential_and_multitask_plans(tiny_init, data_dir):
     from train.input_pipeline import epoch_plan, steps_per_epoch
     from train.multitask import load_run_data
@@ -123,6 +124,7 @@ def test_a_few_dozen_steps_lower_each_task_loss(data_dir, tmp_path):
 
 @pytest.mark.parametrize("changes", [{}, {"layer_lr_decay": 0.8, "head_lr": 1e-2}],
                          ids=["one-rate", "layer-decay"])
+@pytest.mark.slow
 def test_stopped_then_resumed_run_equals_uninterrupted(tiny_init, data_dir, tmp_path, changes):
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init, **changes)  # 10 steps per epoch, 2 epochs
@@ -137,6 +139,7 @@ def test_stopped_then_resumed_run_equals_uninterrupted(tiny_init, data_dir, tmp_
         train_and_evaluate(cfg, tmp_path / "full", files, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_configuration(tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init, max_steps=2)
@@ -146,6 +149,7 @@ def test_resume_refuses_a_changed_configuration(tiny_init, data_dir, tmp_path):
                            resume=True)
 
 
+@pytest.mark.slow
 def test_init_with_other_shapes_is_refused_on_resume(tiny_init, data_dir, tmp_path):
     """Same --init path, different model behind it: both shapes in the message."""
     files = data_files(str(data_dir))
@@ -162,6 +166,7 @@ def test_init_with_other_shapes_is_refused_on_resume(tiny_init, data_dir, tmp_pa
                            resume=True)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init, lr=1e12, log_every=1)  # diverges within a few steps
@@ -331,6 +336,7 @@ def _sst_only(tiny_init, tmp_path, data_dir, dev_rows, **changes):
     return cfg, files
 
 
+@pytest.mark.slow
 def test_dev_sentences_longer_than_every_training_sentence_are_evaluated(
         tiny_init, data_dir, tmp_path):
     long = " ".join(["a", "very", "long", "dev", "sentence"] * 8)  # 40 words > max_length 32
@@ -363,6 +369,7 @@ def test_a_failed_evaluation_keeps_the_trained_steps_and_resume_evaluates_them(
     assert_same_params(last_params(tmp_path / "full"), last_params(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_replaces_a_damaged_checkpoint_and_logs_each_step_once(tiny_init, data_dir,
                                                                        tmp_path):
     files = data_files(str(data_dir))
@@ -382,6 +389,7 @@ def test_resume_replaces_a_damaged_checkpoint_and_logs_each_step_once(tiny_init,
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").open()] == [7]
 
 
+@pytest.mark.slow
 def test_cli_resume_falls_back_past_a_damaged_checkpoint(tiny_init, data_dir, tmp_path,
                                                          capsys):
     """`--resume` on the command line: the newest last/ checkpoint damaged, the run continues
@@ -407,6 +415,7 @@ def test_cli_resume_falls_back_past_a_damaged_checkpoint(tiny_init, data_dir, tm
     assert load_run(out, "last").meta["step"] == 7
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_refused_and_a_fresh_start_drops_stale_logs(
         tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))
@@ -517,6 +526,7 @@ def test_the_first_interrupt_is_acknowledged_and_a_second_stops_at_once(capsys):
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_new_length_when_the_schedule_depends_on_it(tiny_init, data_dir,
                                                                      tmp_path):
     """--linear-decay ends at the run's last step: a resume that changes the length would not

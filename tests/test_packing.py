@@ -131,6 +131,7 @@ def _as_packed(batch: Batch, shards: int, row_length: int) -> Batch:
     return Batch(packed, batch.labels)
 
 
+@pytest.mark.slow
 def test_packed_train_step_equals_padded_train_step():
     """Dropout off: one step on packed rows and one on padded sentences give the same losses,
     gradients' norm and parameters."""
@@ -152,6 +153,7 @@ def test_packed_train_step_equals_padded_train_step():
     assert max(diffs) < 1e-5  # of updates of size lr = 1e-3 (Adam: ~lr per parameter)
 
 
+@pytest.mark.slow
 def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenizer):
     """On the real training files: the planned layout covers every step of a 10-epoch run (no
     shape compiles after the plan), each of 4 devices' rows hold its own examples in segment

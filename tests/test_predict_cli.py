@@ -96,6 +96,7 @@ def test_stdin_in_process(tiny_run, capsys, monkeypatch):
     assert code == 0 and rows(out)[1][0] == "1"
 
 
+@pytest.mark.slow
 def test_stdin_subprocess_and_help(tiny_run):
     cmd = [sys.executable, "-m", "bert_jax.predict", str(tiny_run), "--task", "sst",
            "--input", "-"]
@@ -140,6 +141,7 @@ def test_errors_exit_2_with_a_message(case, message, tiny_run, data_dir, tmp_pat
     assert message in err and err.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_error_has_no_traceback_in_a_subprocess(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bert_jax.predict", str(tmp_path), "--task",
                            "sst", "--input", str(tmp_path / "missing.txt")],
@@ -181,6 +183,7 @@ def test_unicode_line_separators_never_shift_ids(varied_run, tmp_path, capsys, m
     assert [int(r[1]) for r in got] == labels.tolist()
 
 
+@pytest.mark.slow
 def test_stdin_that_is_not_utf8_is_one_clear_error(tiny_run):
     cmd = [sys.executable, "-m", "bert_jax.predict", str(tiny_run), "--task", "sst",
            "--input", "-"]

@@ -48,6 +48,7 @@ def _same(a, b) -> bool:
             and (a.ids2 is None or all(np.array_equal(x, y) for x, y in zip(a.ids2, b.ids2))))
 
 
+@pytest.mark.slow
 def test_off_by_default_and_training_data_unchanged(data_dir, tokenizer):
     assert TrainConfig().sst_phrases == "" and PRESETS["concat"].sst_phrases == ""
     from bert_jax.data import load_task
@@ -60,6 +61,7 @@ def test_off_by_default_and_training_data_unchanged(data_dir, tokenizer):
     assert sp.add_phrases(train, _config(), tokenizer) is train
 
 
+@pytest.mark.slow
 def test_on_phrases_join_sst_train_only_and_dev_is_untouched(data_dir, small_phrases,
                                                               phrase_rows):
     off = _run_data(_config(), data_dir)
@@ -107,6 +109,7 @@ def test_more_than_available_takes_all_candidates(small_phrases, phrase_rows, to
     assert set(data.example_ids) == long_ones
 
 
+@pytest.mark.slow
 def test_fill_makes_sst_as_large_as_the_largest_task(data_dir, tokenizer):
     from train.input_pipeline import steps_per_epoch
     cfg = _config(data_dir / PHRASES)  # count -1: fill

@@ -170,6 +170,7 @@ def test_data_parallel_on_four_devices_equals_one_device():
     assert "max param diff" in result.stdout
 
 
+@pytest.mark.slow
 def test_head_learning_rate_applies_to_heads_only():
     model, params, cfg = _tiny_setup(lr=1e-5)
     params = jax.device_get(params)  # host copy: the step donates (deletes) device buffers
@@ -193,6 +194,7 @@ def test_head_learning_rate_applies_to_heads_only():
     assert moved[1e-2]["bert"] == pytest.approx(moved[0.0]["bert"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_layer_lr_decay_scales_each_encoder_layer():
     """Adam's first step moves each parameter by about its rate: lr * decay ** depth below top."""
     model, params, cfg = _tiny_setup(lr=1e-3)
@@ -295,6 +297,7 @@ def test_install_extras_name_jaxs_own_accelerator_extras():
     assert "EXTRA := [$(ACCEL)]" in makefile and "$(PIP) -e '.$(EXTRA)'" in makefile
 
 
+@pytest.mark.slow
 def test_a_bfloat16_step_trains_float32_parameters_close_to_float32():
     """--dtype bfloat16 (the default on GPU/TPU): the same step's loss within bfloat16's
     precision of float32's, parameters and optimiser state kept in float32, loss going down."""

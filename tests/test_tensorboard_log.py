@@ -69,6 +69,7 @@ def test_a_run_writes_its_logged_scalars_as_events(tiny_run):
     assert [v for _, v in logs["train/lr"]] == pytest.approx([1e-3] * 4)  # the fixture's lr
 
 
+@pytest.mark.slow
 def test_a_resumed_run_hides_what_the_lost_attempt_logged_after_the_checkpoint(
         tiny_model_dir, data_dir, tmp_path):
     """5 steps, checkpoints at 2, 4 and 5; step 5's checkpoint is lost (as in a kill during its
@@ -139,6 +140,7 @@ def test_switched_off_or_without_tensorboardx_nothing_is_written(tmp_path, monke
     assert "\n" not in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_trains_without_tensorboardx(tiny_model_dir, data_dir, tmp_path, monkeypatch,
                                            caplog):
     monkeypatch.setattr(tensorboard_log, "RecordWriter", None)
