@@ -87,7 +87,7 @@ class _Watchdog:
 
     def __init__(self):
         self.client, self.status, self.exit_code = None, "running", 2
-        self.lock, self.dead = threading.Lock(), set()
+        self.lock, self.dead, self.stopping = threading.Lock(), set(), threading.Event()
 
     def start(self, launch: Launch) -> None:
         self.client = jax_distributed.global_state.client
@@ -95,7 +95,8 @@ class _Watchdog:
         self.timeout, self.address = launch.heartbeat_timeout, launch.coordinator or "detected"
         self.interval = max(0.2, min(2.0, self.timeout / 6))
         atexit.register(self.at_exit)  # registered after JAX's handler: runs before it
-        threading.Thread(target=self.run, name="bert_jax-watchdog", daemon=True).start()
+        self.thread = threading.Thread(target=self.run, name="bert_jax-watchdog", daemon=True)
+        self.thread.start()
 
     def set_status(self, value: str) -> None:
         with contextlib.suppress(Exception):
@@ -104,7 +105,7 @@ class _Watchdog:
     def run(self) -> None:
         beats, seen, count, started = {}, {}, 0, time.monotonic()
         run = f"this {self.count}-process run"
-        while self.status != "failing":
+        while self.status != "failing" and not self.stopping.is_set():
             count += 1
             try:
                 self.client.key_value_set(f"{PREFIX}alive/{self.me}", str(count),
@@ -129,7 +130,7 @@ class _Watchdog:
                     self.fail(f"process {peer} of {run} gave no sign of life for {self.timeout} "
                               "s (BERT_JAX_HEARTBEAT_TIMEOUT): it died (killed, out of memory?) "
                               "or hangs; see its output")
-            time.sleep(self.interval)
+            self.stopping.wait(self.interval)
 
     def fail(self, message: str) -> None:
         """End this process for another's failure: one line, exit 2 (unless it is stopping or
@@ -175,7 +176,12 @@ class _Watchdog:
 
     def at_exit(self) -> None:
         if self.status == "finished":
-            return  # a normal end: JAX's shutdown barrier follows
+            # A normal end: stop the thread before the interpreter does. Python ends a daemon
+            # thread at exit by unwinding it, and one caught inside a coordination-service call
+            # aborts the process ("FATAL: exception not rethrown", exit -6: seen once).
+            self.stopping.set()
+            self.thread.join(timeout=self.interval + 30)
+            return  # JAX's shutdown barrier follows
         if self.status == "running":  # ended outside guard(): say so to the others
             self.record_failure(RuntimeError("it exited before the run finished"), 2)
         self.exit(self.exit_code)
