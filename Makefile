@@ -53,7 +53,7 @@ train-full: $(CORE)
 
 ## The full suite (what CI runs), and the fast subset for the edit-test loop (no test marked
 ## slow: whole training runs and resumes, subprocesses, several devices or processes,
-## notebooks), in two worker processes: 62 s warm, 114 s from empty caches on 2 cores.
+## notebooks), in two worker processes (timings: README, Development).
 test: $(VENV)/.dev
 	$(PY) -m pytest $(ARGS)
 
