@@ -100,3 +100,27 @@ def test_nothing_is_downloaded_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("BERT_JAX_DOWNLOAD", "1")
     assert hub.hub_model_dir("bert-base-uncased") == tmp_path
     assert calls == [True, True, False]
+
+
+def test_the_real_lookup_opens_no_connection_by_default(tmp_path, monkeypatch):
+    """huggingface_hub's own snapshot_download (not a fake), downloads not asked for, offline
+    mode unset: a cached model resolves and a missing one is an error, and neither opens a
+    network connection (every socket connect fails the test)."""
+    import socket
+
+    from bert_jax import hub
+    connects = []
+
+    def no_network(*args, **kwargs):
+        connects.append(args)
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BERT_JAX_DOWNLOAD", raising=False)
+    snapshot = hub_cache(tmp_path / "hub", "org/cached-bert", {"config.json": b"{}"})
+    assert hub.hub_model_dir("org/cached-bert") == snapshot
+    with pytest.raises(FileNotFoundError, match="org/missing-bert: not in the local HuggingFace"):
+        hub.hub_model_dir("org/missing-bert")
+    assert connects == []
