@@ -1,11 +1,16 @@
 """The GPU device check (`make device-check`, BENCHMARKS.md "GPU (device check)"): the document
 lists exactly the JSON's keys and targets (parsed from BENCHMARKS.md, so the two cannot drift);
-the smoke run (CPU, tiny sizes) writes every key, with a value wherever a CPU can give one; the
-targets are judged as promised; the pack holds float16 weights that load as the embedded
-default's within float16 rounding, and the data the check unpacks."""
+the smoke run (CPU, tiny sizes) writes every key, with a value wherever a CPU can give one, and
+values that hold (sizes recomputed here from the data file, the tokenizer and PyTorch's
+BertModel, rates that agree with each other, dev scores with CS224N's overall, the targets'
+verdicts); the targets are judged as promised; the pack holds float16 weights that load as the
+embedded default's within float16 rounding, and the data the check unpacks."""
 from __future__ import annotations
 
+import csv
+import importlib.metadata
 import json
+import math
 import os
 import re
 import subprocess
@@ -14,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
+from test_bench import model_flops, numbers, tiny_counts
 
-from bert_jax.bench import device_pack
-from bert_jax.bench.device_setup import choose_weights, unpack_data
-from bert_jax.bench.device_targets import GPU_ONLY, KEYS, TARGETS, judge
+from benchmarks import device_pack
+from benchmarks.device_setup import choose_weights, unpack_data
+from benchmarks.device_targets import GPU_ONLY, KEYS, OPS, TARGETS, judge
+from bert_jax.embedded import embedded_model_dir
 from bert_jax.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +84,7 @@ def smoke_json(tmp_path_factory, data_dir) -> dict:
         return json.loads(Path(os.environ["BERT_JAX_DEVICE_CHECK_JSON"]).read_text())
     out = tmp_path_factory.mktemp("device-check")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "bert_jax.bench.device_check", "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--smoke",
                            "--pack", "none", "--data-dir", str(data_dir), "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
@@ -101,6 +109,112 @@ def test_smoke_run_writes_every_documented_key(smoke_json):
     assert smoke_json["concat_10ep_epochs"] == len(smoke_json["concat_10ep_dev"]) == 2
     assert set(smoke_json["versions"]) >= {"jax", "jaxlib", "flax", "optax", "torch",
                                            "transformers", "datasets"}
+
+
+def sts_dev_pairs_lengths(data_dir: Path, n: int) -> list[int]:
+    """Token counts of the correctness stage's sentences (the first n/2 STS dev pairs: every
+    sentence1, then every sentence2), read with csv and tokenized with `tokenizers`."""
+    tokenizers = require("tokenizers")
+    with open(data_dir / "sts-dev.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[:n // 2]
+    texts = [r[c].lower().strip() for c in ("sentence1", "sentence2") for r in rows]
+    tok = tokenizers.Tokenizer.from_file(str(embedded_model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(128)
+    return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def first_fit_decreasing(lengths: list[int], row_length: int) -> int:
+    """Rows that first-fit decreasing packs `lengths` into."""
+    rows: list[int] = []
+    for n in sorted(lengths, reverse=True):
+        for i, used in enumerate(rows):
+            if used + n <= row_length:
+                rows[i] += n
+                break
+        else:
+            rows.append(n)
+    return len(rows)
+
+
+@pytest.mark.slow
+def test_smoke_run_figures_hold(smoke_json, data_dir):
+    res = smoke_json
+    bad = [(k, v) for k, v in numbers(res) if not math.isfinite(v)]
+    assert not bad, bad
+    for name, version in res["versions"].items():  # this machine's, as it ran here
+        if name != "python" and version is not None:
+            assert version == importlib.metadata.version(name), name
+    for name, stage in res["stages"].items():
+        assert 0 < stage["seconds"] <= stage["limit_seconds"], (name, stage)
+    assert res["wall_seconds"] >= sum(s["seconds"] for s in res["stages"].values())
+    assert res["wall_seconds"] <= res["budget_seconds"]
+
+    # Correctness: 16 STS dev pairs, padded to the multiple of 64 above the longest, packed
+    # first-fit decreasing into rows of 128; each difference within its stated tolerance, the
+    # pooled one no larger than the largest token difference it averages.
+    lengths = sts_dev_pairs_lengths(data_dir, 32)
+    assert res["correctness_sentences"] == len(lengths) == 32
+    assert res["correctness_padded_length"] == -(-max(lengths) // 64) * 64
+    assert res["packed_rows"] == first_fit_decreasing(lengths, 128)
+    pooled = res["packed_vs_padded_max_abs_diff"]
+    hidden = res["packed_vs_padded_hidden_max_abs_diff"]
+    assert 0 <= pooled <= hidden + 1e-7 and hidden <= 1e-4
+    assert pooled <= TARGETS["packed_vs_padded"][2]
+    assert TARGETS["bf16_vs_f32"][2] <= res["bf16_vs_f32_min_cosine"] <= 1 + 1e-6
+    # Every target line shows the JSON's value, and its verdict is the comparison itself.
+    for name, (key, op, threshold, in_smoke) in TARGETS.items():
+        line = res["targets"][name]
+        assert line["key"] == key and line["value"] == res[key], name
+        if isinstance(threshold, str):
+            threshold = res[threshold]
+        if in_smoke and res[key] is not None:
+            assert line["pass"] is bool(OPS[op](res[key], threshold)), name
+        else:
+            assert line["pass"] is None, name
+
+    # The end-to-end run: 2 epochs of 2 steps, a loss logged at every step.
+    losses = res["bf16_concat_losses"]
+    assert res["bf16_concat_steps"] == len(losses) == 4 and all(x > 0 for x in losses)
+    assert res["bf16_concat_losses_fall"] is (sum(losses[-2:]) / 2 < losses[0])
+    dev = res["concat_10ep_dev"]
+    assert [(d["epoch"], d["step"]) for d in dev] == [(1, 2), (2, 4)]
+    for d in dev:
+        assert 0 <= d["sst_acc"] <= 1 and 0 <= d["para_acc"] <= 1 and -1 <= d["sts_r"] <= 1
+        assert d["overall"] == pytest.approx((d["sst_acc"] + d["para_acc"]
+                                              + (d["sts_r"] + 1) / 2) / 3)  # CS224N's
+        assert 0 < d["seconds_since_start"] <= res["concat_10ep_wall_seconds"]
+    assert dev[0]["seconds_since_start"] < dev[1]["seconds_since_start"]
+    assert res["concat_10ep_final_dev"] == {k: dev[-1][k] for k in res["concat_10ep_final_dev"]}
+    assert res["concat_10ep_wall_seconds"] == res["stages"]["e2e"]["seconds"]
+    assert 0 < res["concat_10ep_train_seconds"] <= res["concat_10ep_wall_seconds"]
+    assert 0 <= res["concat_10ep_input_wait_fraction"] <= 1
+    assert res["step_shapes_compiled"] == res["concat_10ep_step_compiles"]
+    assert 1 <= res["step_shapes_compiled"] <= res["step_shapes_planned"]
+
+    # Speed: the tiny shape, 2 examples per task (10 sentences) x 16 tokens, so sentences/s x
+    # step seconds = 10 and TFLOP/s x seconds = the documented model FLOPs of the step.
+    counts = tiny_counts()
+    seconds = res["bert_base_256x128_step_seconds_jax"]
+    assert res["bert_base_256x128_seq_per_s_jax"] * seconds == pytest.approx(10)
+    assert res["bert_base_256x128_tflops_jax"] * 1e12 * seconds == pytest.approx(
+        model_flops(counts["encoder"] + counts["heads"], 10, 16, train=True))
+    assert res["bert_base_256x128_compile_seconds_jax"] > 0
+    for prefix in ("multitask_b8", "bert_base_32x128"):
+        jax_rate = res[f"{prefix}_seq_per_s_jax"]
+        for other in ("torch_eager", "torch_compile"):  # same sentences per step in both
+            assert res[f"{prefix}_speedup_vs_{other}"] == pytest.approx(
+                jax_rate / res[f"{prefix}_seq_per_s_{other}"]), (prefix, other)
+        assert res[f"{prefix}_num_compiles_jax"] == 1  # one sampled step, one fixed shape
+        assert res[f"{prefix}_compile_seconds_jax"] > 0
+        assert res[f"{prefix}_compile_seconds_torch_compile"] >= 0
+        assert res[f"{prefix}_torch_compile_status"] == "ok"
+    # bfloat16 on both sides (8 significant bits) of a summed loss of about 5.
+    assert 0 <= res["multitask_b8_same_loss_abs_diff"] < 0.02
+    assert res["encode_sentences"] == 32
+    assert res["encode_speedup_vs_torch"] == pytest.approx(
+        res["encode_seq_per_s_jax"] / res["encode_seq_per_s_torch"])
+    assert 0.99 < res["encode_min_cosine_jax_vs_torch"] <= 1 + 1e-6  # bfloat16
 
 
 @pytest.mark.slow

@@ -1,22 +1,28 @@
 """The code's layout, read with `ast` (nothing is imported): the project's modules import each
-other without a cycle, at module top (no import tucked into a function to dodge one), and none
-grows past MAX_LINES. Known exceptions are listed below, each with its reason; the temporary ones
-go when their file is fixed, and an exception that is no longer needed fails the test."""
+other without a cycle, only one way between the packages (LAYERS), at module top (no import
+tucked into a function to dodge one), and none grows past MAX_LINES; the README's "Layout" block
+names every module file and nothing else. Known exceptions are listed below, each with its
+reason; the temporary ones go when their file is fixed, and an exception that is no longer
+needed fails the test."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bert_jax", "train")
+# The packages from the bottom up: each imports only itself and those before it. The library
+# knows nothing of training; neither knows the benchmark and GPU check (a tool beside them).
+LAYERS = ("bert_jax", "train", "benchmarks")
+PACKAGES = LAYERS
 MAX_LINES = 400
 
 LONG_MODULES: dict[str, str] = {}
 FUNCTION_IMPORTS = {
     "bert_jax/__init__.py": "lazy attributes (PEP 562) keep `import bert_jax` light, see "
                             "tests/test_api.py::test_importing_bert_jax_stays_light",
-    "bert_jax/bench/cli.py": "torch and transformers are optional (the torch extra): "
-                             "torch_reference is loaded only when PyTorch timings are asked for",
+    "benchmarks/cli.py": "torch and transformers are optional (the torch extra): "
+                         "torch_reference is loaded only when PyTorch timings are asked for",
 }
 
 
@@ -106,12 +112,93 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer(module: str) -> int:
+    """The module's place in LAYERS (its top-level package)."""
+    return LAYERS.index(module.split(".")[0])
+
+
+def wrong_way(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a package imports one above it in LAYERS."""
+    return sorted((module, name) for module, names in graph.items() for name in names
+                  if layer(name) > layer(module))
+
+
+def readme_layout(text: str) -> dict[str, set[str]]:
+    """The "## Layout" section's code block: folder ("bert_jax", "benchmarks", "bert_jax/sub")
+    -> the `.py` files named under it. A line whose first word ends in "/" opens that folder: at
+    column 0 a top-level one, indented a subfolder of the one above, holding the lines indented
+    deeper than it; a file written as a path ("train/step.py") is taken as that path. Every
+    `x.py` on a line counts (a line may name several: "analyze.py, compare.py")."""
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"^```[^\n]*\n(.*?)^```", section, re.S | re.M)
+    assert block, 'README.md: no code block in the "## Layout" section'
+    named: dict[str, set[str]] = {}
+    open_folders: list[tuple[int, str]] = []  # (indent, folder) of the headings above
+    for line in block.group(1).splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        while open_folders and open_folders[-1][0] >= indent:
+            open_folders.pop()
+        first = line.split()[0]
+        if first.endswith("/") and re.fullmatch(r"[\w.]+/", first):
+            parent = open_folders[-1][1] + "/" if open_folders else ""
+            open_folders.append((indent, parent + first.rstrip("/")))
+        folder = open_folders[-1][1] if open_folders else ""
+        for name in re.findall(r"(?<![\w/.<>-])([\w/]*\w\.py)\b", line):
+            path = name if "/" in name else f"{folder}/{name}".lstrip("/")
+            where, _, file = path.rpartition("/")
+            named.setdefault(where, set()).add(file)
+    return named
+
+
+README = (ROOT / "README.md").read_text()
+
+
 def test_the_scan_sees_the_project():
-    assert {"bert_jax", "bert_jax.convert", "bert_jax.converted", "train.multitask"} <= set(MODULES)
+    assert {"bert_jax", "bert_jax.convert", "bert_jax.converted", "train.multitask",
+            "benchmarks", "benchmarks.cli", "benchmarks.device_check"} <= set(MODULES)
     top, _ = IMPORTS["bert_jax.pretrained"]
-    assert {"bert_jax.convert", "bert_jax.converted", "bert_jax.embedded"} <= top
+    assert {"bert_jax.converted", "bert_jax.embedded"} <= top
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    graph = {"bert_jax.x": {"train.y", "bert_jax"}, "train.y": {"bert_jax.x", "benchmarks.z"},
+             "benchmarks.z": {"train.y", "bert_jax.x"}}
+    assert wrong_way(graph) == [("bert_jax.x", "train.y"), ("train.y", "benchmarks.z")]
+    block = ("\n## Layout\n\n```\npkg/    the package\n  a.py    one; b.py, c.py: others\n"
+             "          more of a.py's text (d.py); not tests/e.py\n  sub/    a subpackage\n"
+             "          f.py, g.py\n  h.py    back in pkg\nother/  x.py\n```\n## Next\n")
+    assert readme_layout(block) == {"pkg": {"a.py", "b.py", "c.py", "d.py", "h.py"},
+                                    "pkg/sub": {"f.py", "g.py"}, "other": {"x.py"},
+                                    "tests": {"e.py"}}
+
+
+def test_imports_point_one_way():
+    """bert_jax <- train <- benchmarks: the library imports neither of the others, training
+    does not import the benchmark (at module top or inside a function)."""
+    graph = {module: top | {name for _, name in inner} for module, (top, inner) in IMPORTS.items()}
+    found = [f"{rel(module)}: imports {name} ({LAYERS[layer(module)]} is below "
+             f"{LAYERS[layer(name)]} in {' <- '.join(LAYERS)})"
+             for module, name in wrong_way(graph)]
+    assert not found, "\n".join(found)
+
+
+def test_readme_layout_names_every_module_and_no_other():
+    named = readme_layout(README)
+    files = {path.relative_to(ROOT).as_posix() for path in MODULES.values()}
+    # The package heading stands for its __init__.py, `python -m PACKAGE` for its __main__.py.
+    files = {f for f in files if Path(f).name not in ("__init__.py", "__main__.py")}
+    listed = {f"{folder}/{name}" for folder, names in named.items() for name in names}
+    unlisted = sorted(files - listed)
+    assert not unlisted, ('README.md "## Layout" does not name: ' + ", ".join(unlisted)
+                          + " (add each under its package's heading)")
+    missing = sorted(f for f in listed if not (ROOT / f).is_file())
+    assert not missing, 'README.md "## Layout" names files that do not exist: ' + ", ".join(missing)
+
+
+def test_readme_states_the_limits_checked_here():
+    said = re.search(r"no module over\s+about\s+(\d+)\s+lines", README)
+    assert said and int(said.group(1)) == MAX_LINES, (said and said.group(0), MAX_LINES)
 
 
 def test_no_import_cycle():

@@ -1,6 +1,6 @@
 """Throughput benchmark: this project's JAX train step and encoder against PyTorch `transformers`.
 
-`python -m bert_jax.bench [flags]` times, in one process on one machine, the same work twice:
+`python -m benchmarks [flags]` times, in one process on one machine, the same work twice:
 
 * **Train step**: the multitask step of this project (`train.step.make_train_step` around
   `MultitaskBert`, a one-device mesh: forward over every sentence of the step, SST cross-entropy +

@@ -2,7 +2,7 @@
 weights copied in; its train step (eager or `torch.compile`d), its encoder, its profile.
 
 torch and transformers are optional dependencies of bert_jax (the `torch` extra): this is the
-one module of `bert_jax.bench` that imports them, and `cli` loads it only when PyTorch timings
+one module of `benchmarks` that imports them, and `cli` loads it only when PyTorch timings
 are asked for (not with `--no-torch`).
 """
 from __future__ import annotations

@@ -8,7 +8,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bert_jax import data as data_lib
+from bert_jax.batching import choose_buckets, padding_waste
+from bert_jax.cs224n import default_file, find_data_dir, load_split
+from bert_jax.data import load_task
 from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, Sentences,
                                   TaskLabels)
 from bert_jax.config import PRESETS, BertConfig
@@ -23,7 +25,7 @@ from train.input_pipeline import (epoch_plan, make_step_batch, plan_layout,
 MODELS = ("default", "bert-base", "tiny")
 
 
-def load_jax_model(model: str, dtype: str, attention_impl: str, seed: int,
+def load_jax_model(model: str, seed: int,
                    init: str = DEFAULT_MODEL) -> tuple[BertConfig, dict, HeadConfig]:
     """(BertConfig, MultitaskBert params as host numpy, HeadConfig) for `model` (see MODELS):
     the weights of `init` for "default" (the embedded all-MiniLM-L6-v2, or a folder holding
@@ -34,7 +36,6 @@ def load_jax_model(model: str, dtype: str, attention_impl: str, seed: int,
     else:
         config = PRESETS["bert-base" if model == "bert-base" else "tiny"]
         encoder = None
-    config = config.replace(dtype=dtype, attention_impl=attention_impl)
     params = init_multitask_params(config, heads, jax.random.PRNGKey(seed), encoder)
     return config, jax.tree.map(np.asarray, params), heads
 
@@ -48,20 +49,20 @@ class BenchData:
         self.tokenizer = Tokenizer.from_pretrained(init)
         self.model_dir = resolve_model_dir(init)
         self.cfg = TrainConfig()
-        folder = data_lib.find_data_dir(data_dir)
+        folder = find_data_dir(data_dir)
         self.data_dir = folder
         limit = limit_train or None
-        self.train = {t: data_lib.load_task(folder, t, "train", self.tokenizer,
-                                            max_length=self.cfg.max_length, limit=limit,
-                                            skip_bad_rows=True)
+        self.train = {t: load_task(folder, t, "train", self.tokenizer,
+                                   max_length=self.cfg.max_length, limit=limit,
+                                   skip_bad_rows=True)
                       for t in ("sst", "para", "sts")}
         lengths = np.concatenate([d.lengths for d in self.train.values()])
-        self.buckets = data_lib.choose_buckets(lengths, self.cfg.max_length,
-                                               num_buckets=self.cfg.num_buckets)
-        self.example_padding_waste = data_lib.padding_waste(lengths, self.buckets)
-        self.sts_dev = data_lib.load_task(folder, "sts", "dev", self.tokenizer,
-                                          max_length=self.cfg.max_length, skip_bad_rows=True)
-        self.sts_dev_path = folder / data_lib.default_file("sts", "dev")
+        self.buckets = choose_buckets(lengths, self.cfg.max_length,
+                                      num_buckets=self.cfg.num_buckets)
+        self.example_padding_waste = padding_waste(lengths, self.buckets)
+        self.sts_dev = load_task(folder, "sts", "dev", self.tokenizer,
+                                 max_length=self.cfg.max_length, skip_bad_rows=True)
+        self.sts_dev_path = folder / default_file("sts", "dev")
         self._plans: dict[tuple, dict] = {}
 
     def plan(self, batch_size: int, layout_kind: str, torch_padding: str, sample_steps: int,
@@ -102,7 +103,7 @@ class BenchData:
     def dev_sentences(self, limit: int = 0) -> tuple[list[str], list[np.ndarray]]:
         """STS dev sentences in file order (all sentence1, then all sentence2), with the project's
         token ids; as `load_split` reads them (lowercased, stripped)."""
-        ds = data_lib.load_split(self.sts_dev_path, "sts", skip_bad_rows=True)
+        ds = load_split(self.sts_dev_path, "sts", skip_bad_rows=True)
         texts = list(ds["sentence1"]) + list(ds["sentence2"])
         ids = list(self.sts_dev.ids1) + list(self.sts_dev.ids2)
         if limit:

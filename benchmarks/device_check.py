@@ -1,5 +1,5 @@
 """`make device-check`: correctness, speed against PyTorch and a 10-epoch run on one GPU, within
-one time budget, into one JSON file and one log (`python -m bert_jax.bench.device_check`).
+one time budget, into one JSON file and one log (`python -m benchmarks.device_check`).
 
 Stages, in order, each a process with its own time limit (`STAGES`), the JSON written after each:
 correctness (`device_stages.correctness`), the end-to-end run (`train.multitask --preset concat`
@@ -25,20 +25,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bert_jax.bench.device_setup import (Log, child_env, choose_weights, find_pack, gpu_line,
+from benchmarks.device_setup import (Log, child_env, choose_weights, find_pack, gpu_line,
                                          install_wheels, read_json, read_jsonl, run_process,
                                          unpack_data, versions)
-from bert_jax.bench.device_targets import KEYS, judge, print_summary
+from benchmarks.device_targets import KEYS, judge, print_summary
 from bert_jax.cli import prog
 
 # (stage, module or "train", limit in seconds on the device, limit with --smoke)
 STAGES = [
-    ("correctness", "bert_jax.bench.device_stages", 75, 120),
+    ("correctness", "benchmarks.device_stages", 75, 120),
     ("e2e", "train", 240, 180),
-    ("mfu", "bert_jax.bench.device_stages", 60, 120),
-    ("multitask_b8", "bert_jax.bench.device_speed", 150, 180),
-    ("bert_base_32x128", "bert_jax.bench.device_speed", 120, 120),
-    ("encode", "bert_jax.bench.device_speed", 60, 120),
+    ("mfu", "benchmarks.device_stages", 60, 120),
+    ("multitask_b8", "benchmarks.device_speed", 150, 180),
+    ("bert_base_32x128", "benchmarks.device_speed", 120, 120),
+    ("encode", "benchmarks.device_speed", 60, 120),
 ]
 E2E_EPOCHS = 10
 LOSS_STEPS = 300  # the losses-fall check reads the run's first steps
@@ -46,7 +46,7 @@ MIN_STAGE_SECONDS = 15
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog("bert_jax.bench.device_check"),
+    p = argparse.ArgumentParser(prog=prog("benchmarks.device_check"),
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--smoke", action="store_true",
@@ -142,7 +142,7 @@ class Check:
                     "tmp": str(self.tmp)}
         (self.tmp / "ctx.json").write_text(json.dumps(self.ctx))
         if self.args.smoke:
-            self.run_stage("tiny_model", "bert_jax.bench.device_stages", 60)
+            self.run_stage("tiny_model", "benchmarks.device_stages", 60)
             weights = self.res.pop("weights", None) or weights
             kind = "tiny random (smoke)" if weights != self.ctx["weights"] else kind
             self.ctx["weights"] = weights

@@ -1,5 +1,5 @@
 """`make device-pack`: the folder that travels to the GPU machine with the working tree
-(`python -m bert_jax.bench.device_pack [--out device-pack]`), at most 60 MiB.
+(`python -m benchmarks.device_pack [--out device-pack]`), at most 60 MiB.
 
 What the device check needs that the machine's image lacks (its image has JAX with CUDA, flax,
 optax, orbax, tokenizers, torch, transformers, pyarrow, pandas, fsspec, xxhash, huggingface-hub,
@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from bert_jax import data as data_lib
-from bert_jax.bench.device_setup import DEFAULT_PACK, PACK_WHEELS
+from bert_jax.cs224n import default_file, find_data_dir
+from benchmarks.device_setup import DEFAULT_PACK, PACK_WHEELS
 from bert_jax.embedded import DEFAULT_MODEL, embedded_model_dir
 from bert_jax.pretrained import file_sha256
 
 MAX_MIB = 60
-DATA_FILES = [data_lib.default_file(task, split) for task in ("sst", "para", "sts")
+DATA_FILES = [default_file(task, split) for task in ("sst", "para", "sts")
               for split in ("train", "dev")]
 MODEL_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json")
@@ -43,7 +43,7 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
              "manylinux2014_x86_64", "manylinux1_x86_64")
 # The device tool's call (command, carry, timeout): the check's budget is 470 s, so 540 s leaves
 # room for the machine's own start of Python and the copy back.
-RUN_COMMAND = ("PYTHONUNBUFFERED=1 python3 -m bert_jax.bench.device_check --pack device-pack "
+RUN_COMMAND = ("PYTHONUNBUFFERED=1 python3 -m benchmarks.device_check --pack device-pack "
                "--out $OUT")
 RUN_CARRY = ["device-pack"]
 RUN_TIMEOUT_S = 540
@@ -93,7 +93,8 @@ def run_md(manifest: dict) -> str:
 Built {manifest['built']} by `make device-pack`: {manifest['total_mib']:.1f} MiB (limit
 {MAX_MIB} MiB). Weights: float16 copy of {DEFAULT_MODEL} (upcast at load).
 
-The device tool's call (from the repository root, with this folder in place and git-ignored):
+The device tool's call, from the repository root (the check is the `benchmarks` package of
+the checkout, which is not installed), with this folder in place and git-ignored:
 
 ```json
 {call}
@@ -128,14 +129,14 @@ def build(out: Path, data_dir: Path, wheels: bool = True, max_mib: float = MAX_M
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bert_jax.bench.device_pack",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.device_pack",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--out", default=DEFAULT_PACK, help="the pack folder (replaced)")
     p.add_argument("--data-dir", default=None, help="the CS224N files (default: the project's)")
     p.add_argument("--no-wheels", action="store_true", help="leave the wheels out (offline)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    manifest = build(out, data_lib.find_data_dir(args.data_dir), wheels=not args.no_wheels)
+    manifest = build(out, find_data_dir(args.data_dir), wheels=not args.no_wheels)
     for name, f in manifest["files"].items():
         print(f"  {f['bytes'] / 2**20:8.2f} MiB  {name}")
     print(f"{out}: {manifest['total_mib']:.1f} MiB in all (limit {MAX_MIB} MiB); weights float16 "

@@ -62,7 +62,7 @@ def environment(argv: list[str], torch_env: dict | None) -> dict:
     torch_env = torch_env or {"torch_device": None, "torch_threads": None, "versions": {}}
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bert_jax.bench", *argv]),
+        "command": " ".join(["python -m benchmarks", *argv]),
         "platform": dev.platform, "device": str(dev), "device_kind": dev.device_kind,
         "torch_device": torch_env["torch_device"], "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(), "torch_threads": torch_env["torch_threads"],
@@ -82,7 +82,7 @@ def fmt(value, spec: str = ".3g", unit: str = "") -> str:
 
 def print_report(res: dict) -> None:
     p = print
-    p(f"\n== bert_jax.bench  {res['date']}  ({res['device_kind']}, {res['cpu_model']}, "
+    p(f"\n== benchmarks  {res['date']}  ({res['device_kind']}, {res['cpu_model']}, "
       f"{res['cpu_count']} CPUs, torch threads {fmt(res['torch_threads'], 'd')})")
     p(f"model {res['model']} (layers {res['num_layers']}, hidden {res['hidden_size']}), dtype "
       f"{res['dtype']}, attention {res['attention_impl']}, batch {res['batch_size']} per task "

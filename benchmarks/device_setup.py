@@ -20,7 +20,7 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PACK = "device-pack"
 DEFAULT_WEIGHTS = "all-MiniLM-L6-v2"
 # What the pack carries for the machine's image, which lacks them (datasets needs the others of

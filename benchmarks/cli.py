@@ -1,6 +1,7 @@
 """Throughput benchmark: this project's JAX train step and encoder against PyTorch `transformers`.
 
-`python -m bert_jax.bench [flags]`: the flags and `main` (what is timed: `bert_jax.bench`).
+`python -m benchmarks [flags]` from the repository root (the package is not installed with
+`bert_jax`): the flags and `main` (what is timed: the package's docstring).
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from typing import Any
 
 import jax
 
-from bert_jax.bench.flops import count_params, non_embedding_params
-from bert_jax.bench.report import (DEFINITIONS, environment, load_average, plot_sweep,
+from benchmarks.flops import count_params, non_embedding_params
+from benchmarks.report import (DEFINITIONS, environment, load_average, plot_sweep,
                                    print_profiles, print_report, write_json)
-from bert_jax.bench.timing import bench_encode, bench_train
-from bert_jax.bench.workload import MODELS, BenchData, load_jax_model
+from benchmarks.timing import bench_encode, bench_train
+from benchmarks.workload import MODELS, BenchData, load_jax_model
 from bert_jax.cli import prog
 
-log = logging.getLogger("bert_jax.bench")
+log = logging.getLogger("benchmarks")
 
 TORCH_EXTRA = "pip install -e '.[torch]'"
 # The train-step figures a --sizes sweep keeps per batch size.
@@ -33,7 +34,7 @@ SWEEP_KEYS = ("batch_size", "train_step_seconds_jax", "train_step_seconds_torch_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog("bert_jax.bench"),
+    p = argparse.ArgumentParser(prog=prog("benchmarks"),
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="default",
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time JAX only (PyTorch and transformers need not be installed)")
     p.add_argument("--skip-train", action="store_true", help="skip the train-step benchmark")
     p.add_argument("--skip-encode", action="store_true", help="skip the encoding benchmark")
-    p.add_argument("--encode-batch-size", type=int, default=64)
+    p.add_argument("--encode-batch-size", type=int, default=64,
+                   help="sentences per encoding batch (both frameworks)")
     p.add_argument("--encode-limit", type=int, default=0,
                    help="encode only the first N STS dev sentences (0: all 2 x 863)")
     p.add_argument("--limit-train", type=int, default=0,
@@ -77,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the planned epoch to analyse (0: the whole epoch)")
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch intra-op threads (0: one per CPU, as XLA's thread pool)")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--lr", type=float, default=1e-5,
+                   help="AdamW learning rate of the timed train steps (both frameworks)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights (the heads; the encoder too with --model "
+                        "bert-base / tiny) and of the --seq-len batch")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the CS224N files (None: ./data, else ../shared/data)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step (the most used length) of JAX (jax.profiler, op "
                         "time by forward/backward/optimizer) and PyTorch eager (torch.profiler)")
@@ -115,15 +121,15 @@ def check_device(args, platform_name: str) -> None:
 def torch_reference(args):
     """The PyTorch reference (a `torch_reference.TorchReference`), or exit 2 naming the extra to
     install when torch or transformers is missing."""
-    # The one import inside a function in bert_jax.bench, on purpose: torch and transformers are
+    # The one import inside a function in this package, on purpose: torch and transformers are
     # optional dependencies (the `torch` extra), loaded only when PyTorch timings are asked for
     # (not with --no-torch). It dodges no import cycle.
     try:
-        from bert_jax.bench.torch_reference import TorchReference
+        from benchmarks.torch_reference import TorchReference
     except ImportError as err:
         if (err.name or "").split(".")[0] not in ("torch", "transformers"):
             raise
-        print(f"python -m bert_jax.bench: PyTorch timings need torch and transformers "
+        print(f"python -m benchmarks: PyTorch timings need torch and transformers "
               f"({err.name} is missing): {TORCH_EXTRA}, or pass --no-torch", file=sys.stderr)
         raise SystemExit(2) from None
     return TorchReference(args.threads, args.dtype)
@@ -136,8 +142,7 @@ def run(args, sizes: list[int], reference, argv: list[str],
     check_device(args, platform_name)
     env = environment(argv, reference.environment() if reference else None)
     device_info = {"platform": platform_name, "device_kind": env["device_kind"]}
-    config, params, heads = load_jax_model(args.model, args.dtype, args.attention_impl, args.seed,
-                                           args.init)
+    config, params, heads = load_jax_model(args.model, args.seed, args.init)
     if args.seq_len and args.seq_len > config.max_position_embeddings:
         raise SystemExit(f"--seq-len {args.seq_len} exceeds the model's "
                          f"{config.max_position_embeddings} positions")

@@ -1,5 +1,5 @@
 """The device check's stages that need JAX alone: correctness on the device and model FLOP
-utilisation (`python -m bert_jax.bench.device_stages STAGE --ctx FILE --result FILE`).
+utilisation (`python -m benchmarks.device_stages STAGE --ctx FILE --result FILE`).
 
 `device_check` runs each stage in its own process with its own time limit; a stage writes its
 figures to the result file as it goes (`Results`), so a stage stopped at its limit still leaves
@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from bert_jax import data as data_lib
-from bert_jax.bench import cli
+from bert_jax.cs224n import default_file, find_data_dir, load_split
+from benchmarks import cli
 from bert_jax.config import PRESETS
 from bert_jax.embedded import resolve_model_dir
 from bert_jax.model import BertModel, init_params
@@ -60,7 +60,7 @@ def device_info() -> dict:
 
 
 def bench_args(ctx: dict, flags: list[str]):
-    """`python -m bert_jax.bench`'s arguments for `flags`, with the check's data and weights."""
+    """`python -m benchmarks`'s arguments for `flags`, with the check's data and weights."""
     base = ["--init", ctx["weights"], "--seed", "0"]
     if ctx.get("data_dir"):
         base += ["--data-dir", ctx["data_dir"]]
@@ -114,16 +114,16 @@ def tiny_model(ctx: dict, out: Results) -> None:
 
 def sts_dev_sentences(ctx: dict, tokenizer: Tokenizer, n: int) -> list[np.ndarray]:
     """The first n/2 sentence pairs of the STS dev file, as the project's token ids."""
-    folder = data_lib.find_data_dir(ctx.get("data_dir"))
-    ds = data_lib.load_split(folder / data_lib.default_file("sts", "dev"), "sts",
-                             skip_bad_rows=True)
+    folder = find_data_dir(ctx.get("data_dir"))
+    ds = load_split(folder / default_file("sts", "dev"), "sts",
+                    skip_bad_rows=True)
     texts = list(ds["sentence1"][:n // 2]) + list(ds["sentence2"][:n // 2])
     return tokenizer.encode_ids(texts, max_length=MAX_LENGTH)
 
 
-def hidden_fn(config) -> Callable:
+def hidden_fn(config, dtype: str = "float32", attention_impl: str = "xla") -> Callable:
     """jit-compiled padded pass: (params, ids, mask) -> last hidden states [B, T, D]."""
-    model = BertModel(config)
+    model = BertModel(config, dtype=dtype, attention_impl=attention_impl)
     return jax.jit(lambda p, i, m: model.apply({"params": p}, i, m).last_hidden_state)
 
 
@@ -157,11 +157,10 @@ def correctness(ctx: dict, out: Results) -> None:
     ids, mask = pad_ids(sentences, length)
     out.update(**device_info(), correctness_sentences=n, correctness_padded_length=length)
 
-    f32 = config.replace(dtype="float32", attention_impl="xla")
     with jax.default_matmul_precision("highest"):  # float32 proper (no TF32) for this check
-        h_pad = np.asarray(hidden_fn(f32)(params, ids, mask), np.float32)
+        h_pad = np.asarray(hidden_fn(config)(params, ids, mask), np.float32)
         rows = pack(sentences, MAX_LENGTH)
-        h_pack = packed_hidden(f32, params, rows, n)
+        h_pack = packed_hidden(config, params, rows, n)
     e_pad = pooled(h_pad, mask)
     hidden_diff, e_pack = 0.0, np.zeros_like(e_pad)
     for k, sentence in enumerate(sentences):
@@ -172,8 +171,7 @@ def correctness(ctx: dict, out: Results) -> None:
                packed_vs_padded_hidden_max_abs_diff=hidden_diff,
                packed_rows=int(rows["input_ids"].shape[0]))
 
-    bf16 = config.replace(dtype="bfloat16", attention_impl="xla")
-    h_bf16 = np.asarray(hidden_fn(bf16)(params, ids, mask), np.float32)
+    h_bf16 = np.asarray(hidden_fn(config, "bfloat16")(params, ids, mask), np.float32)
     out.update(bf16_vs_f32_min_cosine=float(cosines(pooled(h_bf16, mask), e_pad).min()))
 
     if jax.default_backend() != "gpu":
@@ -181,8 +179,8 @@ def correctness(ctx: dict, out: Results) -> None:
                                        f"(JAX runs on {jax.default_backend()})")
         return
     try:
-        cudnn = config.replace(dtype="bfloat16", attention_impl="cudnn")
-        h_cudnn = np.asarray(hidden_fn(cudnn)(params, ids, mask), np.float32)
+        h_cudnn = np.asarray(hidden_fn(config, "bfloat16", "cudnn")(params, ids, mask),
+                             np.float32)
         real = mask.astype(bool)
         out.update(cudnn_vs_xla_max_abs_diff=float(np.abs(h_cudnn[real] - h_bf16[real]).max()),
                    cudnn_vs_xla_min_token_cosine=float(cosines(h_cudnn[real], h_bf16[real]).min()),

@@ -1,7 +1,7 @@
 """The device check's speed stages against PyTorch `transformers`, same run, same work
-(`python -m bert_jax.bench.device_speed STAGE --ctx FILE --result FILE`).
+(`python -m benchmarks.device_speed STAGE --ctx FILE --result FILE`).
 
-Each stage is one `python -m bert_jax.bench` measurement (`cli.run`) whose figures are kept
+Each stage is one `python -m benchmarks` measurement (`cli.run`) whose figures are kept
 under the check's names. PyTorch runs on the same device at the same dtype (autocast),
 `torch.compile` with its default mode. This module loads PyTorch at import (the check's JAX-only
 stages are in `device_stages`, which does not).
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from bert_jax.bench import cli
-from bert_jax.bench.device_stages import (Results, attention_for_fixed_lengths, bench_args,
+from benchmarks import cli
+from benchmarks.device_stages import (Results, attention_for_fixed_lengths, bench_args,
                                           device_info, stage_main)
-from bert_jax.bench.torch_reference import TorchReference
+from benchmarks.torch_reference import TorchReference
 
 
 def reference(ctx: dict, dynamic: bool) -> TorchReference:
