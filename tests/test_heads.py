@@ -12,8 +12,9 @@ from bert_jax.config import PRESETS as MODEL_PRESETS
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.model import BertModel
 from train.config import PRESETS
-from train.step import create_state, make_mesh, make_optimizer, make_train_step, shard_batch
-from train.step import task_losses
+from train.optimizer import make_optimizer
+from train.sharding import make_mesh, shard_batch
+from train.step import create_state, make_train_step, task_losses
 
 CONFIG = MODEL_PRESETS["tiny"].replace(vocab_size=100)
 
@@ -114,15 +115,27 @@ def test_the_baselines_untrained_heads_stay_untrained():
     assert moved > 1e-3  # while the SST head trains
 
 
-@pytest.mark.slow
-def test_the_heads_store_parameters_in_the_encoders_param_dtype():
-    """Issue 14: the heads' dense layers take `param_dtype` as the encoder's layers do."""
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_parameters_are_berts_init_in_the_param_dtype(param_dtype):
+    """Every parameter, the heads' too, is created in `param_dtype` with BERT's initialisation:
+    kernels and embeddings normal(0, initializer_range) (each leaf's spread, and all of them
+    pooled), biases 0, LayerNorm scales 1."""
     heads = HeadConfig(para_head="concat", sts_head="linear")  # every dense head
-    for param_dtype in ("float32", "bfloat16"):
-        params = init_multitask_params(CONFIG.replace(param_dtype=param_dtype), heads,
-                                       jax.random.PRNGKey(0))
-        wrong = {jax.tree_util.keystr(path): leaf.dtype.name
-                 for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-                 if leaf.dtype != np.dtype(param_dtype)}
-        assert not wrong, (param_dtype, wrong)
+    for std in (0.02, 0.05):
+        params = init_multitask_params(CONFIG.replace(initializer_range=std), heads,
+                                       jax.random.PRNGKey(0), param_dtype=param_dtype)
         assert {"sst_classifier", "para_hidden", "para_classifier", "sts_regressor"} <= set(params)
+        drawn = []
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            name = jax.tree_util.keystr(path)
+            assert leaf.dtype == np.dtype(param_dtype), name
+            values = np.asarray(leaf, np.float64)
+            if path[-1].key in ("kernel", "embedding"):
+                assert abs(values.std() / std - 1) < 0.3 and abs(values.mean()) < std / 3, name
+                drawn.append(values.ravel())
+            else:
+                want = 1.0 if path[-1].key == "scale" else 0.0
+                np.testing.assert_array_equal(values, want, err_msg=name)
+        drawn = np.concatenate(drawn)
+        assert drawn.size > 20_000 and abs(drawn.std() / std - 1) < 0.02
+        assert abs(drawn.mean()) < 0.02 * std

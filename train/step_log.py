@@ -46,9 +46,12 @@ class LossWatch:
                         loss, step)
 
 
-def flush_step_metrics(pending: list, cfg: TrainConfig, bar: TrainProgress, path: Path, watch: LossWatch,
-           board: TensorBoardLog, lr_at) -> None:
-    """Pull the pending step metrics to the host (the only sync in the loop); log and check."""
+def flush_step_metrics(pending: list, cfg: TrainConfig, bar: TrainProgress, path: Path,
+                       watch: LossWatch, board: TensorBoardLog) -> None:
+    """Pull the pending step metrics to the host (the only sync in the loop); log and check.
+    `pending`: (step, the train step's metrics, the step's example ids per task) per step. The
+    log line holds the mean losses and gradient norm of the finite steps and the learning
+    rates of the last step (the optimiser's own: `train.optimizer.learning_rates`)."""
     if not pending:
         return
     fetched = jax.device_get([m for _, m, _ in pending])
@@ -70,8 +73,9 @@ def flush_step_metrics(pending: list, cfg: TrainConfig, bar: TrainProgress, path
     if bar.disabled:  # no bar (a log file, --no-progress): a plain line
         log.info("step %d: %s", pending[-1][0],
                  ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    rates = {k: v for k, v in records[-1].items() if k == "lr" or k.startswith("lr_")}
     record = {"step": pending[-1][0], **mean, "grad_norm": float(np.mean(
-        [r["grad_norm"] for r in finite])), **lr_at(pending[-1][0]), "time": time.time()}
+        [r["grad_norm"] for r in finite])), **rates, "time": time.time()}
     write_json_line(path, record)
     board.train(record)
     pending.clear()
