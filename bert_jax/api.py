@@ -11,25 +11,32 @@ Texts are lowercased and stripped (as the data loader does), each sentence is to
 own and truncated to `max_length` tokens, then run in fixed-size batches padded to a few fixed
 lengths (`buckets`), so a handful of shapes compile once per model and are reused for any number
 of inputs. Outputs come back in input order.
+
+The model computes in float32 with XLA's attention unless told otherwise
+(`MultitaskModel.load(run, dtype="bfloat16", attention="cudnn")`), whatever the run was trained
+with: the compute dtype and attention kernel of training are settings of the training run, not
+part of the model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.checkpoints import load_run
+from bert_jax.batching import bucket_length
+from bert_jax.checkpoints import load_run, read_json
 from bert_jax.config import BertConfig
-from bert_jax.data import TaskData
 from bert_jax.errors import ConfigError
 from bert_jax.exported import is_export, load_export
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.inference import predict_task
+from bert_jax.model import check_runtime
 from bert_jax.pretrained import load_pretrained
-from bert_jax.tokenizer import Tokenizer
+from bert_jax.task_data import TaskData
+from bert_jax.tokenizer import Tokenizer, pad_ids
 
 # Padded lengths a call may compile for (those <= max_length, and max_length itself).
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -66,30 +73,35 @@ class MultitaskModel:
 
     Build it with `MultitaskModel.load(run_dir)` or `MultitaskModel.from_pretrained(name)`.
     `heads_trained` is False for a pretrained encoder with fresh (random) heads: then only
-    `embed` and a cosine `similarity` head are meaningful.
+    `embed` and a cosine `similarity` head are meaningful. `dtype` is the compute dtype
+    ("float32", "bfloat16" or "float16"; parameters stay as given) and `attention` the attention
+    kernel ("xla", or "cudnn" on an NVIDIA GPU with a half-precision dtype).
     """
 
     def __init__(self, bert_config: BertConfig, heads: HeadConfig, params: Any,
                  tokenizer: Tokenizer, *, max_length: int = 128, batch_size: int = 32,
                  buckets: Sequence[int] | None = None, heads_trained: bool = True,
-                 source: str = ""):
-        if max_length < 2:
-            raise ConfigError(f"max_length must be at least 2, not {max_length}")
+                 source: str = "", dtype: str = "float32", attention: str = "xla"):
+        for name, value, least in (("max_length", max_length, 2), ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ConfigError(f"{name} must be a whole number of at least {least}, "
+                                  f"not {value!r}")
         max_length = min(max_length, bert_config.max_position_embeddings)
         self.config, self.heads, self.tokenizer = bert_config, heads, tokenizer
         self.max_length, self.batch_size = int(max_length), int(batch_size)
         buckets = DEFAULT_BUCKETS if buckets is None else buckets
         self.buckets = tuple(sorted({int(b) for b in buckets if b < max_length} | {max_length}))
         self.heads_trained, self.source = heads_trained, source
-        self.module = MultitaskBert(bert_config, heads)
+        check_runtime(dtype, attention)
+        self.module = MultitaskBert(bert_config, heads, dtype=jnp.dtype(dtype),
+                                    attention_impl=attention)
         self.params = jax.device_put(params)
         module = self.module
         self._predict = jax.jit(
             lambda p, inputs: module.apply({"params": p}, inputs, deterministic=True))
-        # Embeddings through the same batching code: pose as task "sst" (one sentence per row).
-        self._embed = jax.jit(lambda p, inputs: {"sst": module.apply(
-            {"params": p}, inputs.sst[0].input_ids, inputs.sst[0].attention_mask,
-            method=MultitaskBert.embed)})
+        # Embeddings: the encoder and the pooling, no head ([B, T] ids and mask -> [B, D]).
+        self._embed = jax.jit(lambda p, ids, mask: module.apply(
+            {"params": p}, ids, mask, method=MultitaskBert.embed))
 
     # ------------------------------------------------------------------------------ building
 
@@ -99,9 +111,16 @@ class MultitaskModel:
         a `python -m bert_jax.export` folder of one (encoder and task heads; `which` unused).
 
         `max_length` defaults to the run's training `max_length`; other keyword arguments as
-        `MultitaskModel(...)`. Raises `bert_jax.checkpoints.CheckpointError` for a folder that
-        is not a run, `bert_jax.errors.ExportError` for an export without task heads.
+        `MultitaskModel(...)`: `dtype` (default "float32") and `attention` (default "xla") are
+        chosen here, never taken from the run (a run trained in bfloat16 with cuDNN attention
+        on a GPU loads and predicts in float32 on the CPU). Raises
+        `bert_jax.checkpoints.CheckpointError` for a folder that is not a run,
+        `bert_jax.errors.ExportError` for an export without task heads, and
+        `bert_jax.errors.ConfigError` for a `which` other than "best" or "last".
         """
+        if which not in ("best", "last"):
+            raise ConfigError(f"which={which!r}: pass 'best' (the best dev checkpoint) or "
+                              "'last' (the newest)")
         if is_export(run_dir):
             files = load_export(run_dir)
             if files.max_length:
@@ -109,8 +128,9 @@ class MultitaskModel:
             return cls(files.bert_config, files.heads, files.params, Tokenizer(files.vocab_file),
                        source=str(run_dir), **kwargs)
         run = load_run(run_dir, which)
-        train_config = json.loads((run.run_dir / "train_config.json").read_text())
-        kwargs.setdefault("max_length", int(train_config.get("max_length", 128)))
+        # load_run checked it: a whole number of at least 2
+        kwargs.setdefault("max_length", read_json(run.run_dir / "train_config.json").get(
+            "max_length", 128))
         return cls(run.bert_config, run.heads, run.params, Tokenizer(run.vocab_file),
                    source=str(run_dir), **kwargs)
 
@@ -185,10 +205,16 @@ class MultitaskModel:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Sentence embeddings with the model's pooling ([CLS] pooler or masked mean):
-        float32 [n, hidden]."""
-        data = self.task_data("sst", texts)
-        if len(data) == 0:
-            return np.zeros((0, self.config.hidden_size), np.float32)
-        out = predict_task(self._embed, self.params, data, "sst", self.batch_size,
-                           self.buckets, pad_id=self.tokenizer.pad_id)
-        return np.asarray(out, np.float32)
+        float32 [n, hidden]. Shortest first in batches of `batch_size` padded to a bucket (the
+        last batch filled up with copies), back in input order."""
+        ids = self._ids(_as_texts(texts, "texts"))
+        out = np.zeros((len(ids), self.config.hidden_size), np.float32)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for start in range(0, len(ids), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            real = len(idx)
+            idx = np.concatenate([idx, np.full(self.batch_size - real, idx[-1])])
+            length = bucket_length(max(len(ids[i]) for i in idx), self.buckets)
+            tokens, mask = pad_ids([ids[i] for i in idx], length, self.tokenizer.pad_id)
+            out[idx[:real]] = np.asarray(self._embed(self.params, tokens, mask))[:real]
+        return out

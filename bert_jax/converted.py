@@ -1,9 +1,13 @@
-"""The converted-folder format, and the guard every tool that writes a model folder uses.
+"""Converting a PyTorch BERT checkpoint (`convert_checkpoint`), the converted-folder format, and
+the guard every tool that writes a model folder uses.
 
-A converted folder (written by `save_converted`, read by `load_converted`) holds `params/` (an
-orbax StandardCheckpointer checkpoint of the float32 parameter tree), `config.json`
-(`BertConfig.to_json`), `vocab.txt` and `conversion.json` (provenance, skipped keys and a CRC32 of
-the parameters, checked on load).
+`convert_checkpoint` reads a HuggingFace folder, a state-dict file or a CS224N minBERT checkpoint
+(`bert_jax.checkpoint_files`) and converts it (`convert_state_dict`), in memory or into a
+converted folder. A converted folder (written by `save_converted`, read by `load_converted`)
+holds `params/` (an orbax StandardCheckpointer checkpoint of the float32 parameter tree),
+`config.json` (`BertConfig.to_json`: the model's shape only), `vocab.txt` and `conversion.json`
+(provenance, skipped keys and a CRC32 of the parameters, checked on load). The command line is
+`python -m bert_jax.convert`.
 
 `check_output_folder` and `staged_folder` serve the converter and the export alike: an output
 folder is built beside its target and renamed into place, and `--overwrite` replaces only an
@@ -16,6 +20,7 @@ import dataclasses
 import json
 import shutil
 import uuid
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,13 +31,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from bert_jax.checkpoint_files import read_config
+from bert_jax.checkpoint_files import (ConversionReport, Params, convert_state_dict,
+                                      find_weights, infer_config, read_checkpoint, read_config,
+                                      shape_summary)
+from bert_jax.checkpoints import quiet_save_threads
 from bert_jax.config import BertConfig
+from bert_jax.embedded import embedded_model_dir
 from bert_jax.errors import (BertJaxError, ConversionError, MissingFileError, OutputExistsError,
-                             OutputWriteError)
-from bert_jax.weight_names import expected_shapes
-
-Params = dict[str, Any]
+                             OutputWriteError, write_failure)
+from bert_jax.weight_names import detect_format, expected_shapes
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,8 +103,9 @@ def check_output_folder(out: Path, protect: list[Path], overwrite: bool,
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield a new temporary folder beside `out` to fill; when the block ends without error it
     replaces `out` (renamed into place), so `out` is always either as before or complete. On an
-    error the temporary folder is removed and `out` left as it was. An OSError (permissions, a
-    full disk) becomes `OutputWriteError` naming `out`."""
+    error the temporary folder is removed and `out` left as it was. A write the disk refuses
+    (permissions, a full disk: an OSError, or tensorstore's ValueError saying so) becomes
+    `OutputWriteError` naming `out`."""
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,8 +123,10 @@ def staged_folder(out: Path) -> Iterator[Path]:
             tmp.rename(out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and not isinstance(err, BertJaxError):
-            raise OutputWriteError(f"{out}: cannot write it ({err.strerror or err})") from err
+        reason = None if isinstance(err, BertJaxError) else write_failure(err)
+        if reason is not None:  # an OSError, or tensorstore's ValueError for a full disk
+            raise OutputWriteError(f"{out}: cannot write it ({reason}); free disk space or "
+                                   "choose another folder") from err
         raise
 
 
@@ -162,7 +172,7 @@ def save_converted(out_dir: str | Path, params: Params, config: BertConfig,
                               f"vocab_size {config.vocab_size}")
     with staged_folder(out) as tmp:
         params = as_float32_numpy(params)
-        with ocp.StandardCheckpointer() as checkpointer:
+        with quiet_save_threads(), ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / "params", params)
             checkpointer.wait_until_finished()
         config.to_json(tmp / "config.json")
@@ -200,3 +210,78 @@ def load_converted(folder: str | Path, *, verify: bool = True) -> tuple[BertConf
             raise ValueError(f"{folder}: parameters are corrupt (CRC32 {actual}, "
                              f"conversion.json records {expected})")
     return config, jax.tree.map(jnp.asarray, params)
+
+
+# --------------------------------------------------------------------------------------------
+# Converting a checkpoint (into a converted folder, or in memory).
+
+def convert_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
+                       vocab_file: str | Path | None = None,
+                       config_file: str | Path | None = None,
+                       allow_missing_pooler: bool = False, overwrite: bool = False,
+                       verbose: bool = True) -> tuple[BertConfig, Params, ConversionReport]:
+    """Convert `src` (HF folder, state-dict file or minBERT checkpoint); save to `out_dir` if given.
+
+    Config: `config_file`, else `config.json` in/beside `src`, else (minBERT only) inferred from
+    shapes. Vocab (needed only to save): `vocab_file`, else `vocab.txt` in/beside `src`, else
+    (minBERT with 30522 tokens) the embedded default's bert-base-uncased `vocab.txt`.
+    Prints the report when `verbose`; otherwise skipped head keys raise a warning.
+    Returns (config, params as float32 numpy tree, report).
+    """
+    src = Path(src)
+    if src.is_dir():
+        weights, folder = find_weights(src), src
+        if config_file is None and not (src / "config.json").is_file():
+            raise MissingFileError(f"{src}: no config.json there (pass config_file / --config)")
+    elif src.is_file():
+        weights, folder = src, src.parent
+    else:
+        raise MissingFileError(f"{src}: no such file or folder")
+    config_file = config_file or (folder / "config.json" if (folder / "config.json").is_file()
+                                  else None)
+    config = read_config(config_file) if config_file is not None else None
+    state, extras = read_checkpoint(weights)
+    source_format, _ = detect_format(state.keys(), str(weights))
+
+    notes = []
+    if config is None:
+        if source_format != "minbert":
+            raise ConversionError(f"{weights}: no config.json beside it: pass config_file / "
+                                  "--config")
+        hints = extras.get("model_config")
+        config = infer_config(state, hints)
+        heads = ("from model_config" if getattr(hints, "num_attention_heads", None)
+                 else "assumed from BERT's head size 64")
+        notes.append(f"config inferred from tensor shapes ({shape_summary(config)}; "
+                     f"num_attention_heads {heads}); pass --config to override")
+
+    params, report = convert_state_dict(state, config, allow_missing_pooler=allow_missing_pooler,
+                                        source=str(weights))
+    report.notes.extend(notes)
+    if out_dir is not None:
+        if vocab_file is None:
+            vocab_file = _default_vocab(folder, source_format, config, report)
+        save_converted(out_dir, params, config, vocab_file, overwrite=overwrite,
+                       protect=[src, weights] + ([Path(config_file)] if config_file else []),
+                       metadata={
+            "source": str(weights.resolve()), "source_format": report.source_format,
+            "skipped": report.skipped, "ignored": report.ignored,
+            "missing_pooler": report.missing_pooler})
+    if verbose:
+        print(report.summary())
+    elif report.skipped:
+        warnings.warn(f"{weights}: skipped {len(report.skipped)} keys with no counterpart in "
+                      f"the Flax encoder: {', '.join(report.skipped)}", stacklevel=2)
+    return config, params, report
+
+
+def _default_vocab(folder: Path, source_format: str, config: BertConfig,
+                   report: ConversionReport) -> Path:
+    if (folder / "vocab.txt").is_file():
+        return folder / "vocab.txt"
+    if source_format == "minbert" and config.vocab_size == 30522:
+        vocab = embedded_model_dir() / "vocab.txt"
+        report.notes.append(f"vocab: {vocab} (bert-base-uncased's WordPiece vocabulary, which "
+                            "minBERT uses); pass --vocab to choose another")
+        return vocab
+    raise MissingFileError(f"{folder}: no vocab.txt there (pass vocab_file / --vocab)")

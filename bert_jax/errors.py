@@ -38,3 +38,19 @@ class OutputWriteError(BertJaxError, OSError):
 
 class MissingDependencyError(BertJaxError, ImportError):
     """An optional package this input needs is not installed; the message names the install."""
+
+
+# What a failed write says (errno's words, as OSError and tensorstore's errors quote them).
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                   "Permission denied", "Operation not permitted")
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why a write failed when the disk is the cause (full, read-only, permissions), else None.
+    Orbax writes arrays through tensorstore, which reports a full disk as a ValueError
+    "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']": the disk's space,
+    not the device's memory."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err)
+    return next((words for words in _WRITE_FAILURES if words in text), None)

@@ -6,9 +6,9 @@ SRC is a training run folder (`--out` of `python -m train.multitask`), a folder 
 `python -m bert_jax.convert` (or a HuggingFace BERT folder), an earlier export, or the embedded
 default's name (`all-MiniLM-L6-v2`). OUT then holds:
 
-* `hf` (both formats): `config.json` (a standard HuggingFace BertConfig, without this project's
-  dtype/attention_impl fields), `model.safetensors` (a `BertModel` state dict in PyTorch's layout
-  and names: the converter's rename table run backwards), `vocab.txt`, `tokenizer.json` and
+* `hf` (both formats): `config.json` (a standard HuggingFace BertConfig), `model.safetensors`
+  (a `BertModel` state dict in PyTorch's layout and names: the converter's rename table run
+  backwards), `vocab.txt`, `tokenizer.json` and
   `tokenizer_config.json`, so `transformers.AutoModel.from_pretrained(OUT)` and
   `AutoTokenizer.from_pretrained(OUT)` load it. No torch is needed to export.
 * `sentence-transformers`: the same plus `modules.json`, `sentence_bert_config.json`,
@@ -50,8 +50,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from bert_jax import __version__
 from bert_jax.cli import prog
 from bert_jax.checkpoints import load_run
+from bert_jax.checkpoint_files import convert_state_dict
 from bert_jax.config import BertConfig
-from bert_jax.convert import convert_state_dict
 from bert_jax.converted import as_float32_numpy, check_output_folder, staged_folder
 from bert_jax.embedded import DEFAULT_MODEL, embedded_model_dir, is_default_name
 from bert_jax.errors import BertJaxError, ExportError, MissingFileError
@@ -62,12 +62,8 @@ from bert_jax.tokenizer import Tokenizer
 
 FORMATS = ("hf", "sentence-transformers")
 DEFAULT_MAX_LENGTH = 128  # MultitaskModel's default for an encoder without a training run
-# The fields of bert_jax's BertConfig that HuggingFace's BertConfig has too (the others, dtype,
-# param_dtype and attention_impl, are this project's own and stay out of the exported config).
-HF_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "hidden_act", "hidden_dropout_prob",
-                    "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-                    "layer_norm_eps", "pad_token_id")
+# bert_jax's BertConfig holds fields of HuggingFace's BertConfig only, with the same names.
+HF_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig))
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
 _TANH = "torch.nn.modules.activation.Tanh"
@@ -80,7 +76,7 @@ def hf_config(config: BertConfig) -> dict[str, Any]:
     """A standard HuggingFace `BertConfig` dict for `config`."""
     return {"architectures": ["BertModel"], "model_type": "bert",
             **{k: getattr(config, k) for k in HF_CONFIG_FIELDS},
-            "initializer_range": 0.02, "position_embedding_type": "absolute"}
+            "position_embedding_type": "absolute"}
 
 
 def head_formulas(heads) -> dict[str, str]:
@@ -285,11 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out", metavar="OUT", help="the folder to write (created atomically).")
     parser.add_argument("--format", choices=FORMATS, default="hf",
                         help="hf writes a transformers BertModel folder; sentence-transformers "
-                             "adds the modules SentenceTransformer(OUT) needs (default: hf).")
+                             "adds the modules SentenceTransformer(OUT) needs (default hf).")
     parser.add_argument("--which", choices=("best", "last"), default="best",
-                        help="which checkpoint of a training run to export (default: best).")
+                        help="which checkpoint of a training run to export (default best).")
     parser.add_argument("--max-length", type=_max_length_arg, metavar="N",
-                        help="max_seq_length of the sentence-transformers model (default: the "
+                        help="max_seq_length of the sentence-transformers model (default the "
                              f"run's training max_length, else {DEFAULT_MAX_LENGTH}).")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT when it holds an earlier export.")

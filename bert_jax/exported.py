@@ -16,12 +16,12 @@ from typing import Any
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from bert_jax.config import BertConfig
-from bert_jax.convert import convert_checkpoint
-from bert_jax.converted import OutputKind
-from bert_jax.errors import ExportError
+from bert_jax.config import BertConfig, check_vocab
+from bert_jax.converted import OutputKind, convert_checkpoint
+from bert_jax.errors import ConversionError, ExportError
 from bert_jax.heads import HeadConfig, init_multitask_params
 from bert_jax.weight_names import LEAVES, rename_table
 
@@ -116,7 +116,7 @@ def is_export(folder: str | Path) -> bool:
 
 
 def load_export(folder: str | Path) -> ModelFiles:
-    """An export folder back as `ModelFiles` (encoder through `bert_jax.convert`, heads from
+    """An export folder back as `ModelFiles` (encoder through `convert_checkpoint`, heads from
     heads.safetensors, checked against the HeadConfig's shapes). Raises ExportError for an
     export without task heads (made from a pretrained encoder)."""
     folder = Path(folder)
@@ -124,11 +124,20 @@ def load_export(folder: str | Path) -> ModelFiles:
         raise ExportError(f"{folder}: an export without task heads ({HEADS_CONFIG} and "
                           f"{HEADS_WEIGHTS}); it was made from a pretrained encoder: load it with "
                           "MultitaskModel.from_pretrained(folder) (fresh heads)")
-    values = json.loads((folder / HEADS_CONFIG).read_text())
-    heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
-                          if f.name in values})
-    config, encoder, _ = convert_checkpoint(folder, verbose=False)
-    head_params = heads_from_state_dict(load_file(folder / HEADS_WEIGHTS))
+    heads, max_length = _read_heads_config(folder / HEADS_CONFIG)
+    try:
+        config, encoder, _ = convert_checkpoint(folder, verbose=False)
+    except ConversionError as err:  # one line: the first problems, then the fix
+        first, *rest = [line.strip() for line in str(err).splitlines()]
+        problems = " ".join([first, "; ".join(rest)]).strip()
+        raise ExportError(f"{problems[:400]}{' ...' if len(problems) > 400 else ''}; the export "
+                          "is damaged: export the run again") from None
+    check_vocab(folder / "vocab.txt", config, ExportError)
+    try:
+        head_params = heads_from_state_dict(load_file(folder / HEADS_WEIGHTS))
+    except (SafetensorError, OSError) as err:
+        raise ExportError(f"{folder / HEADS_WEIGHTS}: cannot read it (truncated or corrupt?): "
+                          f"{err}; export the run again") from None
     want = jax.eval_shape(lambda: init_multitask_params(config, heads, jax.random.key(0)))
     want = {p: tuple(v.shape) for p, v in flatten_dict(want).items() if p[0] != "bert"}
     got = {p: tuple(v.shape) for p, v in flatten_dict(head_params).items()}
@@ -137,7 +146,29 @@ def load_export(folder: str | Path) -> ModelFiles:
                        for p in set(want) | set(got) if want.get(p) != got.get(p))
         raise ExportError(f"{folder / HEADS_WEIGHTS}: does not match {HEADS_CONFIG} ({heads}): "
                           + "; ".join(diffs))
-    max_length = values.get("max_length")
-    return ModelFiles(config, encoder, folder / "vocab.txt", heads, head_params,
-                      int(max_length) if max_length else None, [folder],
+    return ModelFiles(config, encoder, folder / "vocab.txt", heads, head_params, max_length,
+                      [folder],
                       {"source": str(folder.resolve()), "source_kind": "export"})
+
+
+def _read_heads_config(path: Path) -> tuple[HeadConfig, int | None]:
+    """(HeadConfig, training max_length or None) from an export's heads_config.json; ExportError
+    naming the file when it is damaged."""
+    def damaged(why: str) -> ExportError:
+        return ExportError(f"{path}: {why}; the file is damaged: export the run again")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(f"not a readable JSON file ({err})") from None
+    if not isinstance(values, dict):
+        raise damaged(f"a JSON object is expected, not {type(values).__name__}")
+    try:
+        heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
+                              if f.name in values})
+    except (TypeError, ValueError) as err:
+        raise damaged(str(err)) from None
+    max_length = values.get("max_length")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 2):
+        raise damaged(f"max_length {max_length!r} is not a whole number of at least 2")
+    return heads, max_length

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import flax.linen as nn
 import numpy as np
@@ -59,6 +60,9 @@ class MultitaskBert(nn.Module):
     """BERT encoder + SST, paraphrase and STS heads. Parameters: `bert/...` (the encoder, names as
     `BertModel`), `sst_classifier`, `para_hidden`/`para_classifier`, `sts_regressor`.
 
+    `dtype` (compute, default float32), `param_dtype` (float32) and `attention_impl` ("xla")
+    are how the model runs, as `BertModel`'s: chosen where it is built, never saved with it.
+
     `__call__(inputs, deterministic)` takes the inputs of a batch, `PaddedInputs` (per task
     present, its sentences' ids and masks [B_task, T]) or `PackedInputs` (rows [R, L] and the
     static examples per task, `sizes`); see `bert_jax.batch_types`. It returns
@@ -66,13 +70,17 @@ class MultitaskBert(nn.Module):
     """
     config: BertConfig
     heads: HeadConfig = HeadConfig()
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention_impl: str = "xla"
 
     def setup(self):
         cfg, heads = self.config, self.heads
-        dense = lambda n, name: nn.Dense(n, name=name, dtype=jnp.dtype(cfg.dtype),
-                                         param_dtype=jnp.dtype(cfg.param_dtype),
-                                         kernel_init=nn.initializers.normal(0.02))
-        self.bert = BertModel(cfg)
+        dense = lambda n, name: nn.Dense(n, name=name, dtype=self.dtype,
+                                         param_dtype=self.param_dtype,
+                                         kernel_init=nn.initializers.normal(cfg.initializer_range))
+        self.bert = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype,
+                              attention_impl=self.attention_impl)
         self.dropout = nn.Dropout(heads.dropout)
         self.sst_classifier = dense(NUM_SENTIMENT_CLASSES, "sst_classifier")
         if heads.para_head == "concat":
@@ -157,20 +165,21 @@ class MultitaskBert(nn.Module):
 
 
 def init_multitask_params(config: BertConfig, heads: HeadConfig, rng: jax.Array,
-                          encoder_params=None):
+                          encoder_params=None, *, param_dtype: Any = jnp.float32):
     """Parameters for `MultitaskBert`: fresh heads, and `encoder_params` (e.g. pretrained) if given.
 
-    One compiled program, not one per operation (the initialising forward pass run eagerly
-    compiled each of its ~150 operations: 7 s of CPU for the default model, at every start);
-    with `encoder_params` XLA also drops the encoder's own initialisation."""
-    return _init_multitask_params(config, heads, rng, encoder_params)
+    Fresh parameters are created in `param_dtype` (float32, what checkpoints hold). One compiled
+    program, not one per operation (the initialising forward pass run eagerly compiled each of
+    its ~150 operations: 7 s of CPU for the default model, at every start); with
+    `encoder_params` XLA also drops the encoder's own initialisation."""
+    return _init_multitask_params(config, heads, jnp.dtype(param_dtype), rng, encoder_params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_multitask_params(config: BertConfig, heads: HeadConfig, rng: jax.Array,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_multitask_params(config: BertConfig, heads: HeadConfig, param_dtype, rng: jax.Array,
                            encoder_params):
     ids = jnp.ones((2, 8), jnp.int32)
-    params = MultitaskBert(config, heads).init(
+    params = MultitaskBert(config, heads, param_dtype=param_dtype).init(
         rng, ids, jnp.ones_like(ids), method=MultitaskBert.init_all_heads)["params"]
     params = dict(params)
     if encoder_params is not None:

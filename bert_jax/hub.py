@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
-from bert_jax.errors import MissingFileError
+from bert_jax.errors import ConfigError, MissingFileError
 
 MODEL_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "model.safetensors", "pytorch_model.bin"]
@@ -46,7 +47,16 @@ def download_allowed() -> bool:
 
 def hub_model_dir(repo_id: str) -> Path:
     """The local folder of `repo_id`'s encoder files: from the cache; downloaded only when
-    `download_allowed()`."""
+    `download_allowed()`. A name the hub would reject ('bert--base', 'a/b/c') is a ConfigError,
+    before any lookup."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ConfigError(
+            f"{repo_id!r}: neither a folder here nor a HuggingFace model name the hub accepts "
+            f"({str(err).partition(':')[0]}): pass an existing folder, or a name such as "
+            "'bert-base-uncased' or 'org/name' (letters, digits, '-', '_' and '.', no '--' or "
+            "'..', at most 96 characters)") from None
     cache = _cache_dir()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES, cache_dir=cache,

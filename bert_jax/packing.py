@@ -74,9 +74,3 @@ def pack(sentences: Sequence[np.ndarray], row_length: int, num_rows: int | None 
             positions[r, start:start + n] = np.arange(n)
             start += n
     return {"input_ids": ids, "segment_ids": segments, "position_ids": positions}
-
-
-def packing_waste(lengths: Sequence[int], num_rows: int, row_length: int) -> float:
-    """Share of the [num_rows, row_length] positions that are padding."""
-    total = num_rows * row_length
-    return float(1 - sum(int(n) for n in lengths) / total) if total else 0.0

@@ -1,8 +1,10 @@
 """Loading models by name or path; the embedded default (all-MiniLM-L6-v2), converted once.
 
-`load_pretrained(name_or_path)` returns (BertConfig, params). The embedded default
-(`bert_jax.embedded`) is checked against its sha256, converted once with `bert_jax.convert` and
-cached (`$BERT_JAX_CACHE` or `~/.cache/bert_jax`). Nothing here touches the network.
+`load_pretrained(name_or_path)` returns (BertConfig, params): the weights and their shape; the
+compute dtype and attention kernel are chosen when building the model (`BertModel(config,
+dtype=...)`). The embedded default (`bert_jax.embedded`) is checked against its sha256,
+converted once (`bert_jax.converted.convert_checkpoint`) and cached (`$BERT_JAX_CACHE` or
+`~/.cache/bert_jax`). Nothing here touches the network.
 """
 from __future__ import annotations
 
@@ -17,10 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bert_jax.checkpoint_files import read_config
 from bert_jax.config import BertConfig
-from bert_jax.convert import convert_checkpoint
-from bert_jax.converted import load_converted, save_converted
+from bert_jax.converted import convert_checkpoint, load_converted, save_converted
 from bert_jax.embedded import (DEFAULT_MODEL, DEFAULT_MODEL_SHA256, embedded_model_dir,
                                is_default_name, resolve_model_dir)
 from bert_jax.errors import ChecksumError, ConversionError, MissingFileError
@@ -39,12 +39,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BERT_JAX_CACHE") or Path.home() / ".cache" / "bert_jax")
 
 
-def load_config(name_or_path: str | Path) -> BertConfig:
-    """The `BertConfig` of the embedded default (by name), a converted folder or an HF folder."""
-    return read_config(resolve_model_dir(name_or_path) / "config.json")
-
-
-def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
+def load_pretrained(name_or_path: str | Path, *,
                     cache_dir: str | Path | None = None) -> tuple[BertConfig, Any]:
     """(config, params) of the embedded default by name, a converted folder or an HF folder/file.
 
@@ -52,8 +47,9 @@ def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
     The embedded default is sha256-checked (`ChecksumError` naming the file and both hashes),
     converted once and cached in `cache_dir` (default `default_cache_dir()`) under its sha; a
     cache that fails to load or verify is rebuilt. A converted folder (with `params/`) is loaded;
-    an HF folder or a state-dict file is converted in memory. `dtype` overrides the compute
-    dtype (`config.dtype`); parameters stay float32. Never touches the network.
+    an HF folder or a state-dict file is converted in memory. A `config.json` written before
+    the compute dtype and attention kernel became run-time choices loads as well (those keys are
+    ignored). Never touches the network.
     """
     if is_default_name(name_or_path):
         config, params = _load_default(Path(cache_dir) if cache_dir else default_cache_dir())
@@ -66,8 +62,6 @@ def load_pretrained(name_or_path: str | Path, *, dtype: str | None = None,
         else:
             config, params, _ = convert_checkpoint(path, verbose=False)
             params = jax.tree.map(jnp.asarray, params)
-    if dtype is not None:
-        config = config.replace(dtype=jnp.dtype(dtype).name)
     return config, params
 
 

@@ -2,8 +2,9 @@
 
 `tokenize_split` adds the token ids of every sentence (`ids1`, `len1`, and `ids2`, `len2` for
 pairs); the cache file's key hashes the split's content, the tokenizer and `max_length`, so a
-second call with the same inputs reads the file. An unwritable cache folder falls back to memory
-and a damaged cache file is rebuilt, each with a warning naming it.
+second call with the same inputs reads the file. An unwritable cache folder (read-only, or a
+disk that fills up while the file is written) falls back to memory and a damaged cache file is
+rebuilt, each with a warning naming it.
 
 Progress: `datasets`' own "tokenizing" bar shows only where a bar draws in place (`live_progress`:
 a terminal or a notebook); written to a file (CI, `nohup`, a cluster job) it is off, and a
@@ -12,6 +13,7 @@ single log line says what is being tokenized instead.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -26,6 +28,8 @@ import numpy as np
 logger = logging.getLogger("bert_jax.data")
 
 _CACHE_VERSION = "1"
+# Write failures that leave the tokenization in memory instead of failing the run.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -153,9 +157,22 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
     if cache_file is None:
         out = run(keep_in_memory=True)
     else:
+        before = set(cache_file.parent.glob("tmp*"))
         try:
             out = run(cache_file_name=str(cache_file), load_from_cache_file=True)
             out.with_format("arrow")[:1]  # a damaged file fails here, not later in training
+        except OSError as err:
+            if err.errno not in _WRITE_ERRORS:
+                raise
+            # A full disk (or a folder that became read-only) while writing: what the write
+            # left is removed (datasets' temporary file, when closing it failed too).
+            for partial in [cache_file, *(set(cache_file.parent.glob("tmp*")) - before)]:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+            logger.warning("%s: cannot write the token cache there (%s); tokenizing in memory. "
+                           "Free disk space, or set BERT_JAX_CACHE to another folder to cache "
+                           "it", cache_file.parent, err.strerror or err)
+            out = run(keep_in_memory=True)
         except Exception as err:  # noqa: BLE001 - any unreadable cache: rebuild it once
             if not cache_file.exists():
                 raise

@@ -1,18 +1,28 @@
-"""`MultitaskModel`: scores as train.evaluate's, order, 0/1/many inputs, errors, zero-shot STS."""
+"""`MultitaskModel`: scores as train.evaluate's, order, 0/1/many inputs, embeddings, errors,
+zero-shot STS, and runs trained in bfloat16 / with cuDNN attention predicting in float32 on the
+CPU."""
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
+from bert_jax.config import BertConfig
+from bert_jax.errors import ConfigError
+from bert_jax.heads import HeadConfig
+from bert_jax.model import BertModel
+from bert_jax.tokenizer import pad_ids
+from bert_jax.cs224n import TASKS, default_file, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DEV = 24
@@ -30,8 +40,8 @@ def varied(varied_run) -> MultitaskModel:
 
 
 def dev_rows(data_dir: Path, task: str, n: int):
-    ds = data_lib.load_split(data_dir / data_lib.default_file(task, "dev"), task,
-                             skip_bad_rows=True).select(range(n))
+    ds = load_split(data_dir / default_file(task, "dev"), task,
+                    skip_bad_rows=True).select(range(n))
     cols = [ds["sentence1"]] + ([ds["sentence2"]] if task != "sst" else [])
     return ds["id"], cols, np.asarray(ds["label"])
 
@@ -55,7 +65,7 @@ def test_scores_and_predictions_equal_train_evaluate(varied_run, varied, data_di
     from train.evaluate import evaluate_run
     scores = evaluate_run(varied_run, tmp_path, str(data_dir), limit=N_DEV, progress=False)
     preds, gold = {}, {}  # both use the run's training max_length
-    for task in data_lib.TASKS:
+    for task in TASKS:
         ids, cols, gold[task] = dev_rows(data_dir, task, N_DEV)
         preds[task] = api_predictions(varied, task, cols)
         file_ids, file_preds = read_prediction_file(tmp_path / f"{task}-dev-output.csv")
@@ -67,8 +77,7 @@ def test_scores_and_predictions_equal_train_evaluate(varied_run, varied, data_di
     # predictions that vary from row to row, so a row mixed up or out of order shows
     assert len(set(preds["sst"].tolist())) >= 3 and set(preds["para"].tolist()) == {0, 1}
     assert np.std(preds["sts"]) > 0.1
-    ours = metrics.dev_scores(sst=(preds["sst"], gold["sst"]), para=(preds["para"], gold["para"]),
-                              sts=(preds["sts"], gold["sts"]))
+    ours = metrics.dev_scores(preds, gold)
     for key in ("sst_acc", "para_acc", "sts_r", "overall"):
         assert ours[key] == pytest.approx(scores[key], abs=1e-5), key
 
@@ -79,10 +88,10 @@ def test_default_max_length_reproduces_the_trainers_dev_scores(model, tiny_run, 
     best = [r for r in rows if r["best"]][-1]
     assert model.max_length == 32  # the run's training max_length
     preds, gold = {}, {}
-    for task in data_lib.TASKS:
+    for task in TASKS:
         _, cols, gold[task] = dev_rows(data_dir, task, 16)  # the run's limit_eval
         preds[task] = api_predictions(model, task, cols)
-    ours = metrics.dev_scores(**{t: (preds[t], gold[t]) for t in data_lib.TASKS})
+    ours = metrics.dev_scores(preds, gold)
     for key in ("sst_acc", "para_acc", "sts_r"):
         assert ours[key] == pytest.approx(best[key], abs=1e-5), key
 
@@ -130,6 +139,84 @@ def test_embed_and_cosine_similarity_agree(model):
     cos = (ea * eb).sum(-1) / np.linalg.norm(ea, axis=-1) / np.linalg.norm(eb, axis=-1)
     assert model.heads.sts_head == "cosine"
     np.testing.assert_allclose(model.similarity(a, b), 5 * cos, atol=1e-4)
+
+
+def reference_embeddings(model: MultitaskModel, texts, dtype=np.float32, pooling="mean"):
+    """Sentence embeddings computed apart from `MultitaskModel.embed`: one padded batch through
+    `BertModel` in `dtype`, pooled in numpy (masked mean) or BERT's pooler output."""
+    ids, mask = pad_ids(model.tokenizer.encode_ids([t.lower().strip() for t in texts],
+                                                   model.max_length),
+                        model.max_length)
+    out = BertModel(model.config, dtype=dtype).apply({"params": model.params["bert"]}, ids, mask)
+    if pooling == "cls":
+        return np.asarray(out.pooler_output, np.float64)
+    hidden, weight = np.asarray(out.last_hidden_state, np.float64), mask[..., None]
+    return (hidden * weight).sum(1) / weight.sum(1)
+
+
+def test_embed_is_the_encoders_mean_pooling(model):
+    """`embed` runs the encoder and the pooling only (no task head), batched by length and put
+    back in input order: more sentences than a batch, of varied lengths."""
+    texts = [f"sentence {i} " + "word " * (i * 7 % 23) for i in range(70)]
+    assert model.heads.pooling == "mean" and len(texts) > model.batch_size
+    np.testing.assert_allclose(model.embed(texts), reference_embeddings(model, texts),
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_embed_with_cls_pooling_is_the_pooler_output(tiny_model_dir):
+    cls = MultitaskModel.from_pretrained(tiny_model_dir, heads=HeadConfig(pooling="cls"),
+                                         max_length=32)
+    np.testing.assert_allclose(cls.embed(SENTENCES),
+                               reference_embeddings(cls, SENTENCES, pooling="cls"),
+                               atol=2e-6, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` as a run trained on a GPU with `--dtype bfloat16 --attention-impl cudnn
+    --no-pack` reads: those settings in train_config.json, and (as this project wrote run folders
+    before they became run-time choices) in config.json too."""
+    out = tmp_path_factory.mktemp("gpu_run") / "run"
+    shutil.copytree(tiny_run, out)
+    for name, changes in (("train_config.json", {"pack": False}), ("config.json", {
+            "param_dtype": "float32"})):
+        values = json.loads((out / name).read_text())
+        values.update(dtype="bfloat16", attention_impl="cudnn", **changes)
+        (out / name).write_text(json.dumps(values, indent=2))
+    return out
+
+
+def test_a_runs_config_json_holds_the_models_shape_only(tiny_run):
+    values = json.loads((tiny_run / "config.json").read_text())
+    assert set(values) == {"model_type", *BertConfig.__dataclass_fields__}
+    assert json.loads((tiny_run / "train_config.json").read_text())["dtype"] == "auto"
+
+
+def test_a_run_trained_in_bfloat16_predicts_in_float32(gpu_run, model):
+    """The run's training dtype is not the model's: it loads computing in float32 (equal to an
+    independent float32 pass, unlike a bfloat16 one) unless asked for bfloat16."""
+    loaded = MultitaskModel.load(gpu_run)
+    assert loaded.config == model.config
+    got = loaded.embed(SENTENCES)
+    full = reference_embeddings(loaded, SENTENCES)
+    half = reference_embeddings(loaded, SENTENCES, dtype=jnp.bfloat16)
+    np.testing.assert_allclose(got, full, atol=2e-6, rtol=1e-5)
+    assert np.abs(half - full).max() > 1e-3  # a bfloat16 pass would have shown
+    np.testing.assert_array_equal(loaded.sentiment(SENTENCES)[1], model.sentiment(SENTENCES)[1])
+    asked = MultitaskModel.load(gpu_run, dtype="bfloat16").embed(SENTENCES)
+    assert np.abs(asked - full).max() > 1e-3  # bfloat16 when asked for
+
+
+def test_a_run_trained_with_cudnn_attention_predicts_on_the_cpu(gpu_run, model):
+    assert jax.default_backend() == "cpu"
+    loaded = MultitaskModel.load(gpu_run)
+    a, b = SENTENCES[:3], SENTENCES[3:]
+    np.testing.assert_array_equal(loaded.paraphrase(a, b), model.paraphrase(a, b))
+    np.testing.assert_array_equal(loaded.similarity(a, b), model.similarity(a, b))
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):  # only when asked for
+        MultitaskModel.load(gpu_run, dtype="bfloat16", attention="cudnn").embed(["a"])
+    with pytest.raises(ConfigError, match="attention implementation 'flash'"):
+        MultitaskModel.load(gpu_run, attention="flash")
 
 
 def test_clear_errors(model):

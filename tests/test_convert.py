@@ -1,10 +1,13 @@
-"""Checkpoint conversion (bert_jax/convert.py): error cases, minBERT checkpoints, overwriting."""
+"""Checkpoint conversion (bert_jax/checkpoint_files.py, converted.py and the convert.py CLI): error
+cases, minBERT checkpoints, overwriting, and the loaders importing no command line."""
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import types
@@ -20,7 +23,8 @@ transformers = require("transformers")
 
 from bert_jax import BertConfig, BertModel, Tokenizer, load_pretrained  # noqa: E402
 from bert_jax import convert, converted, embedded  # noqa: E402
-from bert_jax.convert import convert_checkpoint, convert_state_dict  # noqa: E402
+from bert_jax.checkpoint_files import convert_state_dict  # noqa: E402
+from bert_jax.converted import convert_checkpoint  # noqa: E402
 from bert_jax.errors import ConversionError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -298,3 +302,77 @@ def test_a_pickle_with_a_disallowed_global_is_refused_and_never_runs(tmp_path, t
                                               r"it pickles .*_mark_ran.*, which is not allowed"):
         convert_checkpoint(path, verbose=False)
     assert not _Payload.ran
+
+
+def test_the_loaders_import_no_command_line():
+    """Loading a model (pretrained.py, exported.py, converted.py, checkpoint_files.py) never
+    imports a command-line module (one defining `main`, such as convert.py)."""
+    package = REPO_ROOT / "bert_jax"
+    clis = {path.stem for path in package.glob("*.py")
+            if any(isinstance(node, ast.FunctionDef) and node.name == "main"
+                   for node in ast.parse(path.read_text()).body)}
+    assert {"convert", "export", "predict"} <= clis
+    for loader in ("pretrained", "exported", "converted", "checkpoint_files"):
+        tree = ast.parse((package / f"{loader}.py").read_text())
+        imported = {node.module.rpartition(".")[2] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("bert_jax")}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module == "bert_jax" for alias in node.names}
+        assert not imported & clis, (loader, imported & clis)
+
+
+# ---------------------------------------------------------------- damaged inputs
+
+def test_a_header_dtype_that_does_not_fit_the_weights_is_refused(tmp_path, tiny_torch, capsys):
+    """An edited safetensors header (F32 -> I32, the same byte size) would turn the weights'
+    bytes into integers; the converter refuses it, naming the tensor and the file."""
+    write_hf_folder(tiny_torch, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert header[name]["dtype"] == "F32"
+    start = data.index(b'"F32"', data.index(name.encode()))
+    data[start:start + 5] = b'"I32"'
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()  # transformers' progress bars
+    assert convert.main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{name} (int32)" in err and str(weights) in err and "not floating point" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_raw_malicious_pickle_is_refused_without_advising_weights_only_false(tmp_path):
+    """A plain pickle (not torch's zip format) whose opcodes the safe loader does not know:
+    torch's message says to re-run with weights_only=False, which would execute it."""
+    import pickle
+    path = tmp_path / "raw.bin"
+    path.write_bytes(pickle.dumps(_Payload()))
+    _Payload.ran = False
+    with pytest.raises(ConversionError) as err:
+        convert_checkpoint(path, verbose=False)
+    message = str(err.value)
+    assert "not a plain weights file" in message and "refused" in message and str(path) in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not _Payload.ran
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[1, 2]", "a JSON object .* is expected, not list"),
+    ('{"hidden_size": -5}', "hidden_size must be a whole number from 1"),
+    ('{"hidden_size": 1000000000000, "num_attention_heads": 4}',
+     "hidden_size must be a whole number from 1 to 65,536"),
+    ('{"num_hidden_layers": "2"}', "num_hidden_layers must be a whole number .* not '2'"),
+    ('{"layer_norm_eps": "1e-12"}', "layer_norm_eps must be a number"),
+    ("{not json", "not a readable JSON file"),
+])
+def test_a_damaged_config_json_is_one_error_line(tmp_path, tiny_torch, capsys, text, why):
+    write_hf_folder(tiny_torch, tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(text)
+    capsys.readouterr()  # transformers' progress bars
+    assert convert.main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'hf' / 'config.json'}: ") and err.count("\n") == 1
+    assert re.search(why, err), err

@@ -124,3 +124,30 @@ def test_the_real_lookup_opens_no_connection_by_default(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="org/missing-bert: not in the local HuggingFace"):
         hub.hub_model_dir("org/missing-bert")
     assert connects == []
+
+
+@pytest.mark.parametrize("name", ["bert--base", "org/name.", "a" * 97, "a/b/c", "../x",
+                                  "my model", "org/x.git"])
+def test_a_name_the_hub_rejects_is_one_line_before_any_lookup(name, tmp_path, monkeypatch,
+                                                              capsys):
+    """Names huggingface_hub refuses (its validate_repo_id) are one error line, by the model
+    loader and by predict's command line, with no cache lookup nor download (downloads on)."""
+    from bert_jax import hub, predict
+    from bert_jax.embedded import resolve_model_dir
+    from bert_jax.errors import BertJaxError
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("snapshot_download called")
+    monkeypatch.setattr(hub, "snapshot_download", no_lookup)
+    monkeypatch.setenv("BERT_JAX_DOWNLOAD", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for lookup in (resolve_model_dir, hub.hub_model_dir):
+        with pytest.raises(BertJaxError) as err:
+            lookup(name)
+        assert name in str(err.value) and "\n" not in str(err.value)
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("a man plays\ta man is playing\n")
+    assert predict.main([name, "--task", "sts", "--input", str(sentences)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and name in err

@@ -15,7 +15,10 @@ torch = require("torch")
 transformers = require("transformers")
 
 from bert_jax import BertModel, Tokenizer, load_pretrained, mean_pool  # noqa: E402
+from bert_jax.config import PRESETS, BertConfig  # noqa: E402
 from bert_jax.convert import main as convert_main  # noqa: E402
+from bert_jax.errors import ConfigError  # noqa: E402
+from bert_jax.model import BertEmbeddings, init_params  # noqa: E402
 from bert_jax.pretrained import embedded_model_dir  # noqa: E402
 
 ATOL = 1e-4
@@ -69,9 +72,10 @@ def torch_forward(model, batch):
     return out.last_hidden_state.numpy(), out.pooler_output.numpy(), mean.numpy()
 
 
-def jax_forward(config, params, batch, **kwargs):
-    return BertModel(config).apply({"params": params}, batch["input_ids"],
-                                   batch["attention_mask"], batch["token_type_ids"], **kwargs)
+def jax_forward(config, params, batch, dtype=jnp.float32, **kwargs):
+    return BertModel(config, dtype=dtype).apply({"params": params}, batch["input_ids"],
+                                                batch["attention_mask"], batch["token_type_ids"],
+                                                **kwargs)
 
 
 def assert_matches_torch(model, config, params, batch):
@@ -108,24 +112,53 @@ def test_bfloat16_agrees_with_float32(batches, default_model):
     config, params = default_model
     for batch in batches.values():
         full = jax_forward(config, params, batch)
-        half = jax_forward(config.replace(dtype="bfloat16"), params, batch)
+        half = jax_forward(config, params, batch, dtype=jnp.bfloat16)
         assert half.last_hidden_state.dtype == jnp.bfloat16
         mask = batch["attention_mask"]
         assert cosine(mean_pool(full.last_hidden_state, mask),
                       mean_pool(half.last_hidden_state, mask)).min() >= 0.999
 
 
-def test_dropout(batches, default_model):
+def test_dropout(batches, default_model, minilm_torch):
+    """deterministic=True is the reference (PyTorch in eval mode); deterministic=False drops
+    out: the same rng gives the same output, another rng another one, and both differ from the
+    reference; attention-probability dropout acts on its own, and rates of 0 change nothing."""
     config, params = default_model
     batch = batches["pairs"]
-    first = jax_forward(config, params, batch).last_hidden_state
-    again = jax_forward(config, params, batch, deterministic=True).last_hidden_state
-    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
-    noisy = [jax_forward(config, params, batch, deterministic=False,
-                         rngs={"dropout": jax.random.key(seed)}).last_hidden_state
-             for seed in (0, 1)]
-    assert not np.allclose(noisy[0], noisy[1])
-    assert not np.allclose(noisy[0], first)
+    keep = batch["attention_mask"].astype(bool)
+    hidden, _, _ = torch_forward(minilm_torch, batch)
+    reference = np.asarray(jax_forward(config, params, batch, deterministic=True)
+                           .last_hidden_state)
+    assert np.abs(reference[keep] - hidden[keep]).max() < ATOL
+
+    def noisy(cfg, seed):
+        return np.asarray(jax_forward(cfg, params, batch, deterministic=False,
+                                      rngs={"dropout": jax.random.key(seed)}).last_hidden_state)
+
+    first, again, other = noisy(config, 0), noisy(config, 0), noisy(config, 1)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first[keep] - other[keep]).mean() > 0.05
+    assert np.abs(first[keep] - reference[keep]).mean() > 0.05
+    attention_only = config.replace(hidden_dropout_prob=0.0)
+    assert np.abs(noisy(attention_only, 0)[keep] - reference[keep]).mean() > 0.01
+    no_dropout = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    np.testing.assert_allclose(noisy(no_dropout, 0)[keep], reference[keep], atol=1e-6)
+
+
+def test_embedding_dropout_zeroes_its_rate_and_rescales_the_rest(default_model, batches):
+    """Inverted dropout on the embeddings: about `hidden_dropout_prob` of the values become 0,
+    the others are the deterministic values / (1 - p)."""
+    config, params = default_model
+    batch = batches["singles"]
+    module = BertEmbeddings(config)
+    args = ({"params": params["embeddings"]}, batch["input_ids"], batch["token_type_ids"])
+    exact = np.asarray(module.apply(*args, deterministic=True))
+    dropped = np.asarray(module.apply(*args, deterministic=False,
+                                      rngs={"dropout": jax.random.key(0)}))
+    zero = dropped == 0
+    p = config.hidden_dropout_prob
+    assert abs(zero.mean() - p) < 0.01, zero.mean()  # ~18,000 values
+    np.testing.assert_allclose(dropped[~zero], exact[~zero] / (1 - p), rtol=1e-6, atol=1e-6)
 
 
 def test_jit_matches_torch(batches, default_model, minilm_torch):
@@ -143,13 +176,25 @@ def test_jit_matches_torch(batches, default_model, minilm_torch):
 
 
 def test_cudnn_attention_is_refused_off_gpu_with_a_clear_message():
-    import jax
-    import jax.numpy as jnp
-    from bert_jax.config import PRESETS
-    from bert_jax.model import BertModel, init_params
     if jax.default_backend() == "gpu":
         pytest.skip("runs where there is no GPU")
-    config = PRESETS["tiny"].replace(attention_impl="cudnn", dtype="bfloat16")
     params = init_params(PRESETS["tiny"], jax.random.PRNGKey(0))
+    model = BertModel(PRESETS["tiny"], dtype=jnp.bfloat16, attention_impl="cudnn")
     with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
-        BertModel(config).apply({"params": params}, jnp.ones((1, 4), jnp.int32))
+        model.apply({"params": params}, jnp.ones((1, 4), jnp.int32))
+
+
+def test_dtype_and_attention_are_how_the_model_runs_not_its_shape():
+    """BertConfig holds HuggingFace's shape fields only; the compute dtype and the attention
+    kernel are arguments of the module, checked when it runs."""
+    fields = set(BertConfig.__dataclass_fields__)
+    assert not {"dtype", "param_dtype", "attention_impl"} & fields
+    assert fields <= set(transformers.BertConfig().to_dict())
+    params = init_params(PRESETS["tiny"], jax.random.PRNGKey(0))
+    ids = jnp.ones((1, 4), jnp.int32)
+    with pytest.raises(ConfigError, match="flash.*not one of xla, cudnn"):
+        BertModel(PRESETS["tiny"], attention_impl="flash").apply({"params": params}, ids)
+    with pytest.raises(ConfigError, match="int8 is not one of float32, bfloat16, float16"):
+        BertModel(PRESETS["tiny"], dtype=jnp.int8).apply({"params": params}, ids)
+    out = BertModel(PRESETS["tiny"], dtype="bfloat16").apply({"params": params}, ids)
+    assert out.last_hidden_state.dtype == jnp.bfloat16

@@ -3,12 +3,14 @@ steps the input pipeline plans for the real data."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bert_jax.batch_types import TASK_SENTENCES, Batch, PackedInputs
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
-from bert_jax.packing import assign_rows, pack, packing_waste, rows_needed
+from bert_jax.model import attention_keep
+from bert_jax.packing import assign_rows, pack, rows_needed
 from bert_jax.tokenizer import pad_ids
 from train.config import TrainConfig
 
@@ -36,8 +38,21 @@ def test_pack_places_every_sentence_once_with_restarting_positions():
         assert len(ids) >= -(-total // row_length)
         fill = (seg > 0).sum(1)
         assert (fill <= row_length // 2).sum() <= 1, fill
-        assert packing_waste([len(s) for s in sentences], len(ids), row_length) == pytest.approx(
-            1 - total / ids.size)
+
+
+def test_packed_attention_keeps_each_sentence_to_itself():
+    """The packed rows' attention mask (`attention_keep`, from Flax's mask helpers) against
+    numpy: query i sees key j when both are tokens of the same sentence; padding sees nothing."""
+    rows = pack([np.ones(n, np.int32) for n in (3, 5, 2, 7, 1, 4)], 8, num_rows=4)
+    seg = rows["segment_ids"]
+    want = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    keep = np.asarray(attention_keep(None, jnp.asarray(seg)))
+    assert keep.shape == (4, 1, 8, 8) and keep.dtype == bool
+    np.testing.assert_array_equal(keep[:, 0], want)
+    assert (seg == 0).any() and not keep[:, 0][seg == 0].any()  # padding rows see nothing
+    mask = (seg > 0).astype(np.int32)  # padded rows: every query sees every token
+    np.testing.assert_array_equal(np.asarray(attention_keep(jnp.asarray(mask)))[:, 0, 0],
+                                  mask.astype(bool))
 
 
 def test_pack_errors_name_the_problem():
@@ -51,7 +66,7 @@ def test_pack_errors_name_the_problem():
 
 
 def _real_sentences(tokenizer, data_dir, n=24):
-    from bert_jax.data import load_split
+    from bert_jax.cs224n import load_split
     ds = load_split(data_dir / "sts-dev.csv", "sts")
     texts = list(ds["sentence1"][:n // 2]) + list(ds["sentence2"][:n // 2])
     return tokenizer.encode_ids(texts)
@@ -101,7 +116,7 @@ def test_packed_bfloat16_pass_agrees_with_padded_float32(default_model, tokenize
     exact = np.asarray(MultitaskBert(config, heads).apply(
         {"params": params}, ids, mask, method=MultitaskBert.embed), np.float64)
     rows = pack(sentences, 64)
-    half = MultitaskBert(config.replace(dtype="bfloat16"), heads)
+    half = MultitaskBert(config, heads, dtype=jnp.bfloat16)
     packed = np.asarray(half.apply({"params": params}, rows["input_ids"], rows["segment_ids"],
                                    rows["position_ids"], len(sentences),
                                    method=MultitaskBert.embed_packed), np.float64)
@@ -136,7 +151,9 @@ def test_packed_train_step_equals_padded_train_step():
     """Dropout off: one step on packed rows and one on padded sentences give the same losses,
     gradients' norm and parameters."""
     from tests.test_step import _tiny_setup, synthetic_batch
-    from train.step import create_state, make_mesh, make_optimizer, make_train_step, shard_batch
+    from train.optimizer import make_optimizer
+    from train.sharding import make_mesh, shard_batch
+    from train.step import create_state, make_train_step
     batch = synthetic_batch(np.random.default_rng(5))
     results = []
     for arrays in (batch, _as_packed(batch, 1, 32)):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bert_jax import BertConfig, converted, embedded, load_pretrained, pretrained
+from bert_jax.api import MultitaskModel
 from bert_jax.errors import ChecksumError
 
 
@@ -37,12 +38,10 @@ def test_default_second_load_uses_cache(default_model, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("converted again instead of loading the cache")
     monkeypatch.setattr(pretrained, "convert_checkpoint", refuse)
-    config, params = load_pretrained("all-MiniLM-L6-v2", dtype="bfloat16")
-    assert config.dtype == "bfloat16" and config.replace(dtype="float32") == default_model[0]
+    config, params = load_pretrained("all-MiniLM-L6-v2")
+    assert config == default_model[0] == BertConfig(
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
     jax.tree.map(np.testing.assert_array_equal, params, default_model[1])
-    assert pretrained.load_config("all-MiniLM-L6-v2").shape_dict() == \
-        BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536).shape_dict()
 
 
 def test_default_corrupt_cache_is_rebuilt(tmp_path, default_model, bert_jax_cache):
@@ -68,3 +67,23 @@ def test_default_with_an_unwritable_cache_still_loads(tmp_path, default_model):
     np.testing.assert_array_equal(
         np.asarray(params["embeddings"]["word_embeddings"]["embedding"]),
         np.asarray(default_model[1]["embeddings"]["word_embeddings"]["embedding"]))
+
+
+def test_a_converted_folder_with_runtime_settings_in_its_config_still_loads(tiny_model_dir,
+                                                                             tmp_path):
+    """A converted folder written when config.json also held `dtype`, `param_dtype` and
+    `attention_impl`: those keys are ignored, so it loads as the model's shape and runs in
+    float32 with XLA attention on the CPU."""
+    values = json.loads((tiny_model_dir / "config.json").read_text())
+    assert set(values) == {"model_type", *BertConfig.__dataclass_fields__}  # written now
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    values.update(dtype="bfloat16", param_dtype="float32", attention_impl="cudnn")
+    (old / "config.json").write_text(json.dumps(values))
+    config, params = load_pretrained(old)
+    want_config, want_params = load_pretrained(tiny_model_dir)
+    assert config == want_config
+    jax.tree.map(np.testing.assert_array_equal, params, want_params)
+    texts = ["a fine film", "a dull one"]
+    np.testing.assert_array_equal(MultitaskModel.from_pretrained(old).embed(texts),
+                                  MultitaskModel.from_pretrained(tiny_model_dir).embed(texts))
