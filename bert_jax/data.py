@@ -1,6 +1,5 @@
 """The three multitask splits in one call: `load_task` (parse and validate, tokenize with a disk
-cache, view as numpy). Every name of the pipeline's modules is importable from here, so
-`from bert_jax import data` is the one import most code needs:
+cache, view as numpy). Each step is its own module, whose names are imported from there:
 
 - `bert_jax.cs224n`: the CS224N files, parsing and validation (`load_split`, `DataError`);
 - `bert_jax.token_cache`: tokenization cached on disk (`tokenize_split`);
@@ -16,19 +15,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from bert_jax.batching import (batch_labels, bucket_length, choose_buckets, epoch_order,
-                               make_batch, padding_waste)
-from bert_jax.cs224n import (SKIP_HINT, SPLITS, TASKS, DataError, check_task, data_error,
-                             default_file, find_data_dir, is_pair_task, load_split,
-                             load_split_with_report, read_ids)
+from bert_jax.cs224n import (SKIP_HINT, DataError, check_task, data_error, default_file,
+                             find_data_dir, load_split_with_report)
 from bert_jax.task_data import TaskData, task_data
-from bert_jax.token_cache import cache_key, count_truncated, default_cache_dir, tokenize_split
-
-__all__ = ["SPLITS", "TASKS", "DataError", "TaskData", "batch_labels", "bucket_length",
-           "cache_key", "choose_buckets", "count_truncated", "default_cache_dir", "default_file",
-           "epoch_order", "find_data_dir", "is_pair_task", "load_split", "load_split_with_report",
-           "load_task", "make_batch", "padding_waste", "read_ids", "task_data",
-           "tokenize_split"]
+from bert_jax.token_cache import count_truncated, tokenize_split
 
 logger = logging.getLogger("bert_jax.data")
 

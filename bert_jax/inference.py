@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from bert_jax.batch_types import PaddedInputs, task_sentences
-from bert_jax.data import TaskData, bucket_length, make_batch
+from bert_jax.batching import bucket_length, make_batch
+from bert_jax.task_data import TaskData
 
 
 def predict_task(predict: Callable, params, data: TaskData, task: str, batch_size: int,

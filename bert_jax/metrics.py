@@ -51,16 +51,16 @@ def overall_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
     return (sst_acc + para_acc + (sts_r + 1) / 2) / 3
 
 
-def dev_scores(sst=None, para=None, sts=None) -> dict[str, float]:
-    """Scores from (pred, gold) pairs per task: `sst_acc`, `para_acc`, `sts_r`, and `overall`
-    when all three are given."""
+def dev_scores(predictions: dict, gold: dict) -> dict[str, float]:
+    """Scores of the tasks in `predictions` ({task: [n] predictions}) against `gold` ({task: [n]
+    labels}): `sst_acc`, `para_acc`, `sts_r`, and `overall` when all three are given."""
     scores = {}
-    if sst is not None:
-        scores["sst_acc"] = accuracy(*sst)
-    if para is not None:
-        scores["para_acc"] = accuracy(*para)
-    if sts is not None:
-        scores["sts_r"] = pearson(*sts)
+    if "sst" in predictions:
+        scores["sst_acc"] = accuracy(predictions["sst"], gold["sst"])
+    if "para" in predictions:
+        scores["para_acc"] = accuracy(predictions["para"], gold["para"])
+    if "sts" in predictions:
+        scores["sts_r"] = pearson(predictions["sts"], gold["sts"])
     if len(scores) == 3:
         scores["overall"] = overall_score(scores["sst_acc"], scores["para_acc"], scores["sts_r"])
-    return scores
+    return {k: float(v) for k, v in scores.items()}

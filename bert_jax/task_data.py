@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
 from bert_jax.cs224n import check_task, is_pair_task
+
+if TYPE_CHECKING:  # annotations only: `TaskData` needs no `datasets`
+    import datasets
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_jax import data as D
+from bert_jax.cs224n import DataError, load_split
 
 HEADERS = {"sst": ["", "id", "sentence", "sentiment"],
            "para": ["", "id", "sentence1", "sentence2", "is_duplicate"],
@@ -35,8 +35,8 @@ def good_sst(n=3):
 
 def raises(path, task="sst", line=None, match=None, hint=SKIP_HINT, **kw):
     """Load and check the DataError: file name, `line N`, the problem and the hint."""
-    with pytest.raises(D.DataError) as info:
-        D.load_split(path, task, **kw)
+    with pytest.raises(DataError) as info:
+        load_split(path, task, **kw)
     msg = str(info.value)
     assert Path(path).name in msg
     if line is not None:

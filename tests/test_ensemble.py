@@ -117,15 +117,17 @@ def test_evaluate_two_runs_ensemble_and_soup(two_runs, data_dir, tmp_path, capsy
                           "soup"] + common) == 0
     soup = _outputs(tmp_path / "soup")
     from bert_jax.checkpoints import load_run
+    from bert_jax.data import load_task
+    from bert_jax.evaluation import Evaluator
     from bert_jax.heads import MultitaskBert
     from bert_jax.tokenizer import Tokenizer
-    from bert_jax import data as data_lib
+    from train.sharding import make_mesh
     ra, rb = load_run(a), load_run(b)
     averaged = jax.tree.map(lambda x, y: (x + y) / 2, ra.params, rb.params)
     model = MultitaskBert(ra.bert_config, ra.heads)
-    ev = evaluate.Evaluator(model, evaluate.make_mesh(), 64)
-    sts = data_lib.load_task(data_dir / "sts-dev.csv", "sts", "dev", Tokenizer(ra.vocab_file),
-                             max_length=32, limit=24, skip_bad_rows=True)
+    ev = Evaluator(model, make_mesh(), 64)
+    sts = load_task(data_dir / "sts-dev.csv", "sts", "dev", Tokenizer(ra.vocab_file),
+                    max_length=32, limit=24, skip_bad_rows=True)
     np.testing.assert_allclose(soup["sts"], ev.outputs(averaged, sts, "sts"), rtol=1e-4,
                                atol=1e-5)
     assert json.loads((tmp_path / "soup" / "scores.json").read_text())["combine"] == "soup"

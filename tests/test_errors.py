@@ -39,6 +39,7 @@ def raising(err):
 def test_the_projects_errors_are_one_line_and_others_keep_their_traceback(
         index, tmp_path, monkeypatch, capsys):
     name, module, function, argv, status = tools(tmp_path)[index]
+    monkeypatch.chdir(tmp_path)  # no data/ nor ../shared/data: no tool looks for it before `function`
     for err in (ConfigError("--lr 0: must be positive"), MissingFileError("x.csv: no such file"),
                 OutputExistsError("o: already exists"), OutputWriteError("o: cannot write it")):
         monkeypatch.setattr(module, function, raising(err))

@@ -67,10 +67,12 @@ def test_overall_score():
 
 
 def test_dev_scores():
-    gold = np.array([0.0, 1.0, 2.0, 4.0])
-    s = metrics.dev_scores(sst=([1, 2, 3], [1, 2, 0]), para=([1, 0], [1, 0]),
-                           sts=(gold * 2, gold))
+    gold = {"sst": [1, 2, 0], "para": [1, 0], "sts": np.array([0.0, 1.0, 2.0, 4.0])}
+    preds = {"sst": [1, 2, 3], "para": [1, 0], "sts": np.array([1.0, 0.0, 5.0, 3.0])}
+    s = metrics.dev_scores(preds, gold)
+    r = stats.pearsonr(preds["sts"], gold["sts"])[0]
     assert s["sst_acc"] == pytest.approx(2 / 3) and s["para_acc"] == 1.0
-    assert s["sts_r"] == pytest.approx(1.0)
-    assert s["overall"] == pytest.approx(metrics.overall_score(2 / 3, 1.0, 1.0))
-    assert set(metrics.dev_scores(sst=([1], [1]))) == {"sst_acc"}
+    assert s["sts_r"] == pytest.approx(r)
+    assert s["overall"] == pytest.approx((2 / 3 + 1.0 + (r + 1) / 2) / 3)
+    assert all(type(v) is float for v in s.values())
+    assert set(metrics.dev_scores({"sst": [1]}, {"sst": [1]})) == {"sst_acc"}

@@ -156,7 +156,7 @@ def test_bad_values_are_refused(data_dir, tokenizer):
     with pytest.raises(ValueError, match="sst_phrases_count"):
         config_from_args(build_parser().parse_args(["--sst-phrases-count", "-5"]))
     # A file that is not a labelled SST file is refused with the loader's error.
-    from bert_jax.data import DataError
+    from bert_jax.cs224n import DataError
     with pytest.raises(DataError, match="missing column"):
         sp.load_phrases(data_dir / "sts-dev.csv", tokenizer, count=5, min_words=1, seed=0,
                         max_length=32)

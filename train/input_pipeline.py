@@ -26,9 +26,10 @@ import numpy as np
 from bert_jax import packing
 from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, TaskLabels,
                                   task_sentences)
+from bert_jax.batching import (batch_labels, bucket_length, choose_buckets, epoch_order,
+                               make_batch)
 from bert_jax.errors import ConfigError
-from bert_jax.data import (TaskData, batch_labels, bucket_length, choose_buckets, epoch_order,
-                           make_batch)
+from bert_jax.task_data import TaskData
 from train.config import TASKS, TrainConfig
 
 SORT_WINDOW = 50  # batches per window when grouping similar lengths

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax import data as data_lib
+from bert_jax.cs224n import default_file, find_data_dir
+from bert_jax.data import load_task
+from bert_jax.task_data import TaskData
 from bert_jax.tokenizer import Tokenizer
 from train.config import TASKS, TrainConfig
 from train.errors import TrainingError
@@ -18,8 +20,8 @@ from train.sst_phrases import add_phrases
 class RunData:
     """Tokenized splits: `train[task]` for the tasks trained, `dev[task]` for all three."""
     tokenizer: Tokenizer
-    train: dict[str, data_lib.TaskData]
-    dev: dict[str, data_lib.TaskData]
+    train: dict[str, TaskData]
+    dev: dict[str, TaskData]
 
 
 def data_files(data_dir: str | None, overrides: dict[tuple[str, str], str] | None = None
@@ -33,14 +35,14 @@ def data_files(data_dir: str | None, overrides: dict[tuple[str, str], str] | Non
             if (task, split) in overrides and overrides[task, split]:
                 files[task, split] = Path(overrides[task, split])
             else:
-                base = base or data_lib.find_data_dir(data_dir)
-                files[task, split] = base / data_lib.default_file(task, split)
+                base = base or find_data_dir(data_dir)
+                files[task, split] = base / default_file(task, split)
     return files
 
 
 def load_run_data(cfg: TrainConfig, files: dict[tuple[str, str], Path]) -> RunData:
     tokenizer = Tokenizer.from_pretrained(cfg.init)
-    load = lambda task, split, limit: data_lib.load_task(
+    load = lambda task, split, limit: load_task(
         files[task, split], task, split, tokenizer, max_length=cfg.max_length,
         limit=limit or None, skip_bad_rows=cfg.skip_bad_rows)
     train = {t: load(t, "train", cfg.limit_train) for t in cfg.tasks}
@@ -49,7 +51,7 @@ def load_run_data(cfg: TrainConfig, files: dict[tuple[str, str], Path]) -> RunDa
     return RunData(tokenizer, train, dev)
 
 
-def check_labels_vary(train: dict[str, data_lib.TaskData]) -> None:
+def check_labels_vary(train: dict[str, TaskData]) -> None:
     """Refuse training data whose labels are all the same: a head learns nothing from it."""
     for task, data in train.items():
         if data.labels is not None and len(np.unique(data.labels)) < 2:

@@ -41,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax import data as data_lib
+from bert_jax.cs224n import load_split_with_report
+from bert_jax.task_data import TaskData, task_data
+from bert_jax.token_cache import count_truncated, tokenize_split
 
 log = logging.getLogger("train.sst_phrases")
 
@@ -50,7 +52,7 @@ FILL = -1               # sst_phrases_count: as many as make SST as large as the
 _SEED_SALT = 0x5E5      # keeps the phrase sample apart from the other uses of the seed
 
 
-def fill_count(train: dict[str, data_lib.TaskData]) -> int:
+def fill_count(train: dict[str, TaskData]) -> int:
     """Phrases that make SST as large as the largest training task (0 when SST is largest)."""
     return max(0, max(len(d) for d in train.values()) - len(train["sst"]))
 
@@ -107,14 +109,14 @@ def select_phrases(words: np.ndarray, labels: np.ndarray, count: int, min_words:
 
 def load_phrases(path: str | Path, tokenizer, *, count: int, min_words: int, seed: int,
                  max_length: int, label_weights: np.ndarray | None = None,
-                 skip_bad_rows: bool = True) -> data_lib.TaskData:
+                 skip_bad_rows: bool = True) -> TaskData:
     """The sampled phrases of `path` as SST `TaskData` (ids1: [CLS] phrase [SEP], labels 0..4).
 
     The file is parsed and validated like `ids-sst-train.csv` (`bert_jax.data`'s loader for
     task "sst", split "train"); only the sampled rows are tokenized (cached on disk like any
     split). Arguments as in `select_phrases`.
     """
-    ds, _ = data_lib.load_split_with_report(path, "sst", labeled=True, skip_bad_rows=skip_bad_rows)
+    ds, _ = load_split_with_report(path, "sst", labeled=True, skip_bad_rows=skip_bad_rows)
     table = ds.with_format("arrow")[:]
     words = np.fromiter((len(s.split()) for s in table.column("sentence1").to_pylist()),
                         np.int64, len(ds))
@@ -124,16 +126,16 @@ def load_phrases(path: str | Path, tokenizer, *, count: int, min_words: int, see
         log.warning("%s: %d phrases asked for, only %d of at least %d words%s", path, count,
                     len(rows), min_words, " in the sentences' labels" if label_weights is not None
                     else "")
-    tok = data_lib.tokenize_split(ds.select(rows), tokenizer, max_length)
-    data = data_lib.task_data(tok, "sst")
-    data.truncated = data_lib.count_truncated(tok, max_length)
+    tok = tokenize_split(ds.select(rows), tokenizer, max_length)
+    data = task_data(tok, "sst")
+    data.truncated = count_truncated(tok, max_length)
     data.source = str(path)
     return data
 
 
-def merge(sentences: data_lib.TaskData, phrases: data_lib.TaskData) -> data_lib.TaskData:
+def merge(sentences: TaskData, phrases: TaskData) -> TaskData:
     """One SST training set: the sentences (first, in file order), then the phrases."""
-    return data_lib.TaskData(
+    return TaskData(
         task="sst", ids1=list(sentences.ids1) + list(phrases.ids1), ids2=None,
         labels=np.concatenate([sentences.labels, phrases.labels]).astype(np.int32),
         example_ids=list(sentences.example_ids) + list(phrases.example_ids),
@@ -141,8 +143,8 @@ def merge(sentences: data_lib.TaskData, phrases: data_lib.TaskData) -> data_lib.
         source=f"{sentences.source} + {phrases.source}")
 
 
-def add_phrases(train: dict[str, data_lib.TaskData], cfg, tokenizer
-                ) -> dict[str, data_lib.TaskData]:
+def add_phrases(train: dict[str, TaskData], cfg, tokenizer
+                ) -> dict[str, TaskData]:
     """`train` with the configured phrases merged into `train["sst"]` (a new dict; the input is
     not changed). `cfg`: a `TrainConfig`; `cfg.sst_phrases == ""` returns `train` itself."""
     if not cfg.sst_phrases:
