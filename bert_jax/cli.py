@@ -5,6 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from bert_jax import backend_log
+
+# Every tool: a GPU/TPU build of JAX that cannot start its device says so in one line, not in
+# JAX's traceback, and a CPU run logs no line about the absent TPU (bert_jax/backend_log.py).
+backend_log.install()
+
 
 def prog(module: str) -> str:
     """The name `--help` and error lines show for a tool: the console script's own name when it

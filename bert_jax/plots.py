@@ -71,6 +71,17 @@ def training_curves(run_dir: str | Path, out_png: str | Path) -> Path:
     return _save(training_curves_figure(run_dir), out_png)
 
 
+def _last_epoch(log: list[dict], dev: list[dict]) -> float:
+    """The epoch the run reached: its last logged step in epochs (steps per epoch from a dev
+    record's step and epoch), or its last evaluation's epoch, whichever is later."""
+    last = max(r["epoch"] for r in dev)
+    rates = [r["epoch"] / r["step"] for r in dev if r.get("step") and r.get("epoch")]
+    steps = [r["step"] for r in log if "step" in r]
+    if rates and steps:
+        last = max(last, max(steps) * rates[-1])
+    return last if last > 0 else 1.0
+
+
 def training_curves_figure(run_dir: str | Path) -> Figure:
     """The figure of `training_curves`, not yet saved."""
     run_dir = Path(run_dir)
@@ -99,6 +110,8 @@ def training_curves_figure(run_dir: str | Path) -> Figure:
     if best and "overall" in best[-1]:
         ax_dev.axvline(best[-1]["epoch"], color="grey", linestyle=":", label="best checkpoint")
     ax_dev.set(xlabel="epoch", ylabel="dev score", title="Dev metrics")
+    if dev:  # from 0 to the run's end, also when one evaluation is a single point
+        ax_dev.set_xlim(0, 1.04 * _last_epoch(log, dev))
     ax_dev.grid(alpha=0.3)
     if dev:
         ax_dev.legend(fontsize="small")

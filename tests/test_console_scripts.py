@@ -2,9 +2,11 @@
 outside the repository, and every flag of every tool says what it does."""
 from __future__ import annotations
 
+import argparse
 import configparser
 import importlib
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +56,47 @@ def test_console_script_help_runs_outside_the_repository(script, tmp_path):
     done = subprocess.run([str(path), "--help"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: {script} ") and "--help" in done.stdout
-    assert "Traceback" not in done.stderr
+    assert done.stdout.startswith(f"usage: {script} ") and "Traceback" not in done.stderr
+    # it lists the options and arguments of its tool's parser, no fewer and no more
+    parser = _parser(SCRIPTS[script].split(":")[0])
+    options, positionals = listed_arguments(done.stdout)
+    assert options == {o for a in parser._actions for o in a.option_strings}, script
+    assert positionals == [a.metavar or a.dest for a in parser._actions
+                           if not a.option_strings], script
+    assert " ".join(parser.description.split()) in " ".join(done.stdout.split())
+
+
+def listed_arguments(help_text: str) -> tuple[set[str], list[str]]:
+    """(the option strings, the positional names) that `--help` lists in its sections
+    ("positional arguments:", "options:", argument groups): the lines indented by exactly two
+    spaces there; an unindented line that is no section title starts the epilog."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line in ("positional arguments:", "options:"))
+    options, positionals = set(), []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            if not line.endswith(":"):
+                break
+            continue
+        match = re.match(r"  (\S.*?)(?: {2,}|$)", line)
+        if not match:  # a help text's next line (indented further) or a blank line
+            continue
+        if match[1].startswith("-"):  # "-h, --help", "--out DIR", "--pack, --no-pack"
+            options |= {part.split()[0] for part in match[1].split(", ")}
+        else:
+            positionals.append(match[1])
+    return options, positionals
+
+
+def test_listed_arguments_reads_what_argparse_prints():
+    parser = argparse.ArgumentParser(description="d", epilog="SRC is: a folder")
+    parser.add_argument("src", help="the source folder to read")
+    parser.add_argument("--out", metavar="DIR", help="x " * 60)
+    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, help="pack the rows")
+    parser.add_argument_group("settings").add_argument("--choice", choices=["a", "b"], help="c")
+    assert listed_arguments(parser.format_help()) == (
+        {"-h", "--help", "--out", "--pack", "--no-pack", "--choice"}, ["src"])
 
 
 def _parser(module_name: str):
@@ -180,3 +221,81 @@ def test_predict_convert_export_name_what_they_wrote(tiny_model_dir, tiny_run, t
 def test_usage_names_the_command_the_user_typed(argv0, shown, monkeypatch):
     monkeypatch.setattr(sys, "argv", [argv0, "--help"])
     assert _parser("train.evaluate").format_usage().startswith(f"usage: {shown} ")
+
+
+def option_helps(module_name: str) -> dict[str, str]:
+    """{first option string (or dest): its help as --help prints it, whitespace made single}."""
+    parser = _parser(module_name)
+    formatter = parser._get_formatter()
+    return {(a.option_strings or [a.dest])[0]: " ".join(formatter._expand_help(a).split())
+            for a in parser._actions if a.help}
+
+
+@pytest.mark.parametrize("module_name", TOOLS + ("train.multitask",))
+def test_help_states_each_default_once_in_one_style(module_name):
+    """`(default X)` everywhere (never `(default: X)`), once per option at most."""
+    for option, text in option_helps(module_name).items():
+        assert "(default:" not in text, f"{module_name} {option}: {text!r}"
+        assert text.count("(default") <= 1, f"{module_name} {option}: {text!r}"
+
+
+@pytest.mark.parametrize("module_name", TOOLS + ("train.multitask",))
+def test_help_states_the_parsers_real_defaults(module_name):
+    """Every option that defaults to a value says it, `(default X)`, and X is the parser's own
+    default: the value itself, its meaning after it (`0: all rows`), or for a list of all tasks
+    "all" (train.multitask's settings default to None here: tests/test_config.py reads them)."""
+    from bert_jax.cs224n import TASKS
+    helps = option_helps(module_name)
+    checked = 0
+    for action in _parser(module_name)._actions:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            continue
+        name = (action.option_strings or [action.dest])[0]
+        match = re.search(r"\(default ([^)]*)\)", helps[name])
+        assert match, f"{module_name} {name}: its help does not say its default {action.default!r}"
+        shown, default = match[1], action.default
+        head = re.split(r"[:;]", shown)[0].strip()
+        if isinstance(default, (int, float)):
+            assert float(head) == default, f"{module_name} {name}: {shown!r} vs {default!r}"
+        elif default == ",".join(TASKS) and shown == "all":
+            pass
+        else:
+            assert head == default or shown.endswith(f": {default}"), (
+                f"{module_name} {name}: {shown!r} vs {default!r}")
+        checked += 1
+    assert checked or module_name in ("train.compare", "bert_jax.convert")
+
+
+def test_train_help_names_what_a_resume_may_change_and_the_data_default_once():
+    from train.config import RESUMABLE_CHANGES
+    helps = option_helps("train.multitask")
+    assert "RESUMABLE_CHANGES" not in helps["--resume"]
+    for name in RESUMABLE_CHANGES - {"resume"}:
+        assert "--" + name.replace("_", "-") in helps["--resume"], name
+    assert helps["--data-dir"] == ("folder with the CS224N files (default data/, else "
+                                   "../shared/data)")
+    assert helps["--sst-train"].endswith("(default none)")
+
+
+def test_predict_calls_its_run_argument_RUN_as_the_readme_does():
+    from bert_jax import predict
+    usage = predict.build_parser().format_usage()
+    assert "RUN" in usage.split() and "CKPT" not in predict.build_parser().format_help()
+    assert "`python -m bert_jax.predict RUN " in (REPO / "README.md").read_text()
+
+
+def test_frozen_baseline_shows_the_default_encoder():
+    assert option_helps("train.frozen_baseline")["--init"].endswith(
+        "(default all-MiniLM-L6-v2)")
+
+
+def test_closing_block_says_folders_as_folders(tmp_path):
+    from train.evaluate import closing_block
+    (tmp_path / "best").mkdir()
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    block = closing_block([tmp_path / "best", tmp_path / "metrics.jsonl", tmp_path / "vocab.txt"])
+    assert block.splitlines() == ["wrote 2 files and 1 folder:", f"  {tmp_path / 'best'}/",
+                                  f"  {tmp_path / 'metrics.jsonl'}", f"  {tmp_path / 'vocab.txt'}"]
+    assert closing_block([tmp_path / "best"]).splitlines()[0] == "wrote 1 folder:"
+    assert closing_block([]) == "wrote no files"

@@ -1,6 +1,7 @@
 """The notebooks run end to end (tiny sizes through their BERT_JAX_NB_* parameters)."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -24,14 +25,6 @@ def execute(name: str, monkeypatch, env: dict[str, str]):
     return nb
 
 
-def outputs_text(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            parts.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(parts)
-
-
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "reproduce_report.ipynb"])
 def test_notebooks_are_stored_without_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -43,27 +36,91 @@ def test_notebooks_are_stored_without_outputs(name):
     assert '"google.colab" in sys.modules' in first and "REPO_URL" in first
 
 
+def cell(nb, marker: str):
+    """The one code cell whose source holds `marker`."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, marker
+    return cells[0]
+
+
+def printed(nb, marker: str) -> str:
+    """What the code cell holding `marker` printed to stdout."""
+    return "".join(out.text for out in cell(nb, marker).outputs
+                   if out.output_type == "stream" and out.name == "stdout")
+
+
 @pytest.mark.slow
 def test_quickstart_runs(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Each cell prints what the run holds: JAX's devices, the converted model's config and
+    parameter count (read from the embedded safetensors file), the run's summary.json and
+    scores.json, the predictions folder, the model's own predictions for the example sentences
+    and the tiny model's embedding shape, and it shows the four plot files."""
+    import ast
+    import base64
+    import json
+
+    import jax
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from bert_jax import MultitaskModel
+    from bert_jax.config import PRESETS
+    from bert_jax.embedded import embedded_model_dir
     out = tmp_path / "quickstart"
     nb = execute("quickstart.ipynb", monkeypatch, {
         "BERT_JAX_NB_INIT": tiny_model_dir, "BERT_JAX_NB_DATA_DIR": data_dir,
         "BERT_JAX_NB_MAX_STEPS": 2, "BERT_JAX_NB_LIMIT_TRAIN": 16, "BERT_JAX_NB_LIMIT_EVAL": 16,
         "BERT_JAX_NB_MAX_LENGTH": 32, "BERT_JAX_NB_OUT": out,
         "BERT_JAX_NB_TENSORBOARD": 0})  # %load_ext tensorboard runs; no server is started
-    assert (out / "best").is_dir() and (out / "predictions" / "scores.json").is_file()
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    for png in ("training_curves.png", "sst_confusion.png", "para_histograms.png",
-                "sts_scatter.png"):
-        assert (out / "plots" / png).stat().st_size > 0
-    text = outputs_text(nb)
-    assert "CpuDevice(id=0)" in text  # the device line shows the devices JAX found
-    # the scores the notebook printed are the ones train.evaluate wrote
-    import json
-    scores = json.loads((out / "predictions" / "scores.json").read_text())
-    for key in ("sst_acc", "para_acc", "sts_r", "overall"):
-        assert f'"{key}": {scores[key]}' in text, key
-    assert "embeddings: (3, 32)" in text
+    assert (out / "best").is_dir() and list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert printed(nb, "REPO_URL = ") == f"jax {jax.__version__} on {jax.devices()}\n"
+
+    # 1. the converted default model: its config and parameter count (position_ids is a buffer)
+    lines = printed(nb, "bert_jax.convert").strip().splitlines()
+    hf_config = json.loads((embedded_model_dir() / "config.json").read_text())
+    shown = dict(re.findall(r"(\w+)=([^,()]+)", lines[-2]))
+    assert lines[-2].startswith("BertConfig(") and len(shown) >= 10
+    for key, value in shown.items():
+        assert key not in hf_config or ast.literal_eval(value) == hf_config[key], key
+    tensors = load_file(embedded_model_dir() / "model.safetensors")
+    count = sum(v.size for k, v in tensors.items() if not k.endswith("position_ids"))
+    assert lines[-1] == f"{count:,} encoder parameters"
+
+    # 2-3. the training summary and the dev scores are the run's files
+    assert json.loads(printed(nb, "train_and_evaluate(cfg")) == json.loads(
+        (out / "summary.json").read_text())
+    *scores, listing = printed(nb, "evaluate_run(").strip().splitlines()
+    assert json.loads("\n".join(scores)) == json.loads(
+        (out / "predictions" / "scores.json").read_text())
+    assert ast.literal_eval(listing) == sorted(p.name for p in (out / "predictions").iterdir())
+
+    # 4. the predictions printed are the model's
+    model_line, *rows, para_line, sts_line, embed_line = printed(
+        nb, "model.sentiment(").strip().splitlines()
+    assert model_line.startswith(f"MultitaskModel(source='{out}'")
+    rows = [re.fullmatch(r"(\d)  p=\[(.*)\]  (.*)", row).groups() for row in rows]
+    reviews = [text for _, _, text in rows]
+    assert len(reviews) == 3
+    model = MultitaskModel.load(out)
+    labels, probs = model.sentiment(reviews)
+    assert [int(label) for label, _, _ in rows] == labels.tolist()
+    np.testing.assert_allclose([np.array(p.split(), float) for _, p, _ in rows], probs,
+                               atol=0.0051)
+    source = cell(nb, "model.sentiment(").source
+    pairs = [ast.literal_eval(source.split(f"{name} = ")[1].split("\n")[0])
+             for name in ("questions_a", "questions_b")]
+    for prefix, line, want in (("paraphrase probability: ", para_line, model.paraphrase(*pairs)),
+                               ("similarity (0..5): ", sts_line, model.similarity(*pairs))):
+        assert line.startswith(prefix)
+        np.testing.assert_allclose(np.array(line[len(prefix):].strip("[]").split(), float),
+                                   want, rtol=1e-6)
+    assert embed_line == f"embeddings: {(len(reviews), PRESETS['tiny'].hidden_size)}"
+
+    # 5. the plots shown are the files written
+    shown_png = [base64.b64decode(o.data["image/png"]) for o in cell(nb, "write_run_plots").outputs
+                 if o.output_type == "display_data"]
+    assert shown_png == [(out / "plots" / name).read_bytes() for name in (
+        "training_curves.png", "sst_confusion.png", "para_histograms.png", "sts_scatter.png")]
 
 
 @pytest.mark.slow

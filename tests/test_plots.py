@@ -20,12 +20,62 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG
 
 
-def test_run_plots(tiny_run, tmp_path):
-    assert_png(plots.training_curves(tiny_run, tmp_path / "curves.png"))
+def assert_png_of(path: Path, fig) -> None:
+    """The file at `path` is a PNG of `fig`: its pixels [h, w, 4] are those of `fig` drawn
+    again here, at the resolution the PNG records, and it is not one flat colour."""
+    import io
+    from PIL import Image
+    assert_png(path)
+    with Image.open(path) as image:
+        dpi = round(image.info["dpi"][0])
+        pixels = np.asarray(image.convert("RGBA"))
+    again = io.BytesIO()
+    fig.savefig(again, format="png", dpi=dpi, bbox_inches="tight")
+    np.testing.assert_array_equal(pixels, np.asarray(Image.open(again).convert("RGBA")))
+    assert len(np.unique(pixels.reshape(-1, 4), axis=0)) > 10, path
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, in order (they are still written to disk)."""
+    saved = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda f, out: saved.append(f) or save(f, out))
+    return saved
+
+
+def assert_draws_the_logs(fig, run_dir: Path) -> None:
+    """Every loss line of `fig` is its train_log.jsonl column, every dev line its metrics.jsonl
+    column (by epoch), the best-checkpoint marker sits at the last best evaluation, and the
+    title is the run's name."""
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    dev = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert log and dev
+    ax_loss, ax_dev = fig.axes[:2]
+    lines = {line.get_label(): line for line in ax_loss.get_lines()}
+    for key, label, _ in plots._TASK_LOSSES:
+        np.testing.assert_allclose(lines[label].get_xdata(), [r["step"] for r in log])
+        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in log])
+    lines = {line.get_label(): line for line in ax_dev.get_lines()}
+    for key, label, _ in plots._DEV_METRICS:
+        np.testing.assert_allclose(lines[label].get_xdata(), [r["epoch"] for r in dev])
+        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in dev])
+    best = [r for r in dev if r["best"]][-1]
+    assert list(lines["best checkpoint"].get_xdata()) == [best["epoch"]] * 2
+    assert fig._suptitle.get_text() == Path(run_dir).name
+
+
+def test_run_plots(tiny_run, tmp_path, figures):
+    """The PNG written is the figure of the run's own logs."""
+    out = plots.training_curves(tiny_run, tmp_path / "curves.png")
+    assert out == tmp_path / "curves.png" and len(figures) == 1
+    assert_draws_the_logs(figures[0], tiny_run)
+    assert_png_of(out, figures[0])
     run = shutil.copytree(tiny_run, tmp_path / "run")  # the session run is shared read-only
     paths = plots.write_run_plots(run)
-    assert paths == [run / "plots" / "training_curves.png"]
-    assert_png(paths[0])
+    assert paths == [run / "plots" / "training_curves.png"] and len(figures) == 2
+    assert_draws_the_logs(figures[1], run)
+    assert_png_of(paths[0], figures[1])
 
 
 def test_training_curves_of_a_partial_run(tmp_path):
@@ -38,7 +88,8 @@ def test_training_curves_of_a_partial_run(tmp_path):
         plots.training_curves(tmp_path / "missing", tmp_path / "x.png")
 
 
-def test_eval_plots(tmp_path):
+def test_eval_plots(tmp_path, figures):
+    """Each PNG written is the figure of its task's outputs against its gold labels."""
     rng = np.random.default_rng(0)
     n = 200
     gold = {"sst": rng.integers(0, 5, n), "para": rng.integers(0, 2, n),
@@ -46,13 +97,18 @@ def test_eval_plots(tmp_path):
     outputs = {"sst": rng.normal(size=(n, 5)), "para": rng.normal(size=n),
                "sts": gold["sts"] + rng.normal(size=n)}
     paths = plots.write_eval_plots(tmp_path / "eval", outputs, gold)
-    assert [p.name for p in paths] == ["sst_confusion.png", "para_histograms.png",
-                                       "sts_scatter.png"]
-    for p in paths:
-        assert_png(p)
+    assert paths == [tmp_path / "eval" / name for name in ("sst_confusion.png",
+                                                           "para_histograms.png",
+                                                           "sts_scatter.png")]
+    assert_eval_figures(dict(zip(("sst", "para", "sts"), figures)), outputs, gold)
+    for path, fig in zip(paths, figures, strict=True):
+        assert_png_of(path, fig)
     # tasks without gold labels (test splits) are skipped
     assert plots.write_eval_plots(tmp_path / "t", outputs, {"sst": gold["sst"]}) == [
         tmp_path / "t" / "sst_confusion.png"]
+    assert len(figures) == 4
+    assert_eval_figures({"sst": figures[3]}, outputs, {"sst": gold["sst"]})
+    assert_png_of(tmp_path / "t" / "sst_confusion.png", figures[3])
 
 
 def test_single_plots_and_shape_errors(tmp_path):
@@ -105,20 +161,9 @@ def test_each_task_has_one_colour_in_every_plot(tiny_run, tmp_path, monkeypatch)
         plots.TASK_COLORS["sts"])[:3]
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures the plot functions save, in order (they are still written to disk)."""
-    saved = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda f, out: saved.append(f) or save(f, out))
-    return saved
-
-
 def test_eval_plots_draw_the_values_they_claim(tmp_path, figures):
     """Against numpy and scipy computed here: the confusion matrix's shares and counts, the
     paraphrase histograms' bar heights, the STS points and r, the accuracies in the titles."""
-    from scipy.stats import pearsonr
-    from scipy.special import expit
     rng = np.random.default_rng(3)
     n = 300
     gold = {"sst": rng.integers(0, 5, n), "para": rng.integers(0, 2, n),
@@ -127,46 +172,65 @@ def test_eval_plots_draw_the_values_they_claim(tmp_path, figures):
                "para": rng.normal(size=n) + 2 * gold["para"] - 1,
                "sts": gold["sts"] + rng.normal(size=n)}
     plots.write_eval_plots(tmp_path, outputs, gold)
-    sst, para, sts = (f.axes[0] for f in figures)
+    assert_eval_figures(dict(zip(("sst", "para", "sts"), figures)), outputs, gold)
 
-    pred = outputs["sst"].argmax(-1)
-    counts = np.array([[np.sum((gold["sst"] == g) & (pred == p)) for p in range(5)]
-                       for g in range(5)])
-    np.testing.assert_allclose(sst.images[0].get_array(), counts / counts.sum(1, keepdims=True))
-    assert [t.get_text() for t in sst.texts] == [str(c) for c in counts.ravel()]
-    assert f"accuracy {np.mean(pred == gold['sst']):.3f}, n={n}" in sst.get_title()
 
-    prob = expit(outputs["para"])
-    bins = np.linspace(0, 1, 26)
-    assert len(para.containers) == 2  # gold 0, then gold 1
-    for value, label, container in zip((0, 1), ("not paraphrase (gold 0)", "paraphrase (gold 1)"),
-                                       para.containers):
-        want, _ = np.histogram(prob[gold["para"] == value], bins=bins)
-        np.testing.assert_array_equal([b.get_height() for b in container], want)
-        count = int((gold["para"] == value).sum())
-        assert container.patches[0].get_label() == f"{label}: {count}"
-    assert f"accuracy {np.mean((prob > 0.5) == (gold['para'] == 1)):.3f}" in para.get_title()
-
-    np.testing.assert_allclose(sts.collections[0].get_offsets(),
-                               np.stack([gold["sts"], outputs["sts"]], 1))
-    r = pearsonr(outputs["sts"], gold["sts"]).statistic
-    assert f"Pearson r {r:.3f}, n={n}" in sts.get_title()
+def assert_eval_figures(figs: dict, outputs: dict, gold: dict) -> None:
+    """Each task's figure in `figs` draws `outputs[task]` against `gold[task]`, computed here with
+    numpy and scipy: the confusion matrix's shares and counts, the paraphrase histograms' bar
+    heights and counts, the STS points and r, the accuracies and sizes in the titles."""
+    from scipy.special import expit
+    from scipy.stats import pearsonr
+    assert set(figs) <= set(gold)
+    if "sst" in figs:
+        sst, labels = figs["sst"].axes[0], gold["sst"]
+        pred = outputs["sst"].argmax(-1)
+        counts = np.array([[np.sum((labels == g) & (pred == p)) for p in range(5)]
+                           for g in range(5)])
+        np.testing.assert_allclose(sst.images[0].get_array(),
+                                   counts / np.maximum(counts.sum(1, keepdims=True), 1))
+        assert [t.get_text() for t in sst.texts] == [str(c) for c in counts.ravel()]
+        assert f"accuracy {np.mean(pred == labels):.3f}, n={len(labels)}" in sst.get_title()
+    if "para" in figs:
+        para, labels = figs["para"].axes[0], gold["para"]
+        prob = expit(outputs["para"])
+        bins = np.linspace(0, 1, 26)
+        assert len(para.containers) == 2  # gold 0, then gold 1
+        for value, label, container in zip((0, 1), ("not paraphrase (gold 0)",
+                                                    "paraphrase (gold 1)"), para.containers):
+            want, _ = np.histogram(prob[labels == value], bins=bins)
+            np.testing.assert_array_equal([b.get_height() for b in container], want)
+            count = int((labels == value).sum())
+            assert container.patches[0].get_label() == f"{label}: {count}"
+        assert f"accuracy {np.mean((prob > 0.5) == (labels == 1)):.3f}" in para.get_title()
+    if "sts" in figs:
+        sts, labels = figs["sts"].axes[0], gold["sts"]
+        np.testing.assert_allclose(sts.collections[0].get_offsets(),
+                                   np.stack([labels, outputs["sts"]], 1))
+        r = pearsonr(outputs["sts"], labels).statistic
+        assert f"Pearson r {r:.3f}, n={len(labels)}" in sts.get_title()
 
 
 def test_training_curves_draw_the_logged_values(tiny_run):
     """Every loss line is its train_log.jsonl column, every dev line its metrics.jsonl column
     (by epoch), and the best-checkpoint marker sits at the last best evaluation."""
-    log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").open()]
-    dev = [json.loads(line) for line in (tiny_run / "metrics.jsonl").open()]
-    fig = plots.training_curves_figure(tiny_run)
-    ax_loss, ax_dev = fig.axes[:2]
-    lines = {line.get_label(): line for line in ax_loss.get_lines()}
-    for key, label, _ in plots._TASK_LOSSES:
-        np.testing.assert_allclose(lines[label].get_xdata(), [r["step"] for r in log])
-        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in log])
-    lines = {line.get_label(): line for line in ax_dev.get_lines()}
-    for key, label, _ in plots._DEV_METRICS:
-        np.testing.assert_allclose(lines[label].get_xdata(), [r["epoch"] for r in dev])
-        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in dev])
-    best = [r for r in dev if r["best"]][-1]
-    assert list(lines["best checkpoint"].get_xdata()) == [best["epoch"]] * 2
+    assert_draws_the_logs(plots.training_curves_figure(tiny_run), tiny_run)
+
+
+def test_one_evaluation_is_a_marked_point_on_an_axis_from_zero_to_the_runs_end(tmp_path):
+    """A 600-step run of 1,688 steps per epoch, evaluated once at its end (epoch 0.3555): the
+    dev panel runs from epoch 0 to the run's end, not 0.340..0.375 around the point."""
+    per_epoch, last = 1688, 600
+    lines = [json.dumps({"step": s, "loss": 3.0 - s / 600, "time": 0.0})
+             for s in range(50, last + 1, 50)]
+    (tmp_path / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+    record = {"step": last, "epoch": round(last / per_epoch, 4), "sst_acc": 0.427,
+              "para_acc": 0.806, "sts_r": 0.869, "overall": 0.722, "best": True}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    fig = plots.training_curves_figure(tmp_path)
+    ax_dev = fig.axes[1]
+    low, high = ax_dev.get_xlim()
+    assert low == 0 and last / per_epoch <= high <= 1.1 * last / per_epoch
+    lines = [ln for ln in ax_dev.get_lines() if ln.get_label() != "best checkpoint"]
+    assert len(lines) == 4 and all(ln.get_marker() == "o" for ln in lines)
+    assert all(list(ln.get_xdata()) == [record["epoch"]] for ln in lines)

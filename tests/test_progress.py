@@ -1,12 +1,16 @@
 """train.progress: the training bar counts completed steps, leaves evaluations out of its rate
-and elapsed time, and its eta includes the evaluations still to come."""
+and elapsed time, and its eta includes the evaluations still to come; RunPace's lines (a new
+shape compiling, step 1, the run's length at the measured pace)."""
 from __future__ import annotations
 
 import io
+import logging
 
+import numpy as np
 import pytest
 
 from train import progress
+from train.progress import RunPace, describe_shape, format_hours, shape_key
 
 
 @pytest.mark.parametrize("total, per_epoch", [(30, 10), (25, 10), (7, 10), (10, 1)])
@@ -70,3 +74,63 @@ def test_without_a_bar_nothing_is_drawn_and_evaluations_still_time():
     assert bar.disabled and out.getvalue() == ""
     assert bar.eta_seconds() == pytest.approx(10 * 0.2 + 1 * 3.0)
     bar.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def step_arrays(rows: int, length: int) -> dict:
+    return {"input_ids": np.zeros((rows, length), np.int32),
+            "segment_ids": np.zeros((rows, length), np.int32), "labels": np.zeros(rows)}
+
+
+def test_run_pace_says_compiles_step_one_and_the_runs_length_without_compiling(caplog):
+    """A plain log: one line per new shape, step 1's losses and time, then after 20 timed steps
+    the remaining steps at their pace (the 100 s a new shape took to compile left out): on the
+    CPU and over an hour, a warning."""
+    clock, log = Clock(), logging.getLogger("test.pace")
+    pace = RunPace(total_steps=10_021, start_step=0, backend="cpu", plain=True, log=log,
+                   timed=20, clock=clock)
+    metrics = {"loss": np.float32(2.5), "loss_sst": np.float32(1.5), "grad_norm": np.float32(9)}
+    with caplog.at_level(logging.INFO, logger="test.pace"):
+        for step in range(1, 22):
+            shape = (32, 128) if step == 5 else (16, 64)
+            clock.now += 2.0  # the previous step computing, while the host prepares this one
+            pace.before(step_arrays(*shape))
+            clock.now += 30.0 if step == 1 else 100.0 if step == 5 else 0.0  # the call compiles
+            pace.after(step, metrics)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines[0] == ("INFO", "compiling the train step for shape 16x64 (once per shape)")
+    assert lines[1] == ("INFO", "step 1: loss 2.5000, loss_sst 1.5000 (32.0 s, compiling "
+                                "included)")
+    assert lines[2] == ("INFO", "compiling the train step for shape 32x128 (once per shape)")
+    # 20 timed steps of 2 s (plus 100 s compiling, left out): 2.00 s/step, 10,000 steps left
+    assert lines[3][0] == "WARNING" and lines[3][1].startswith(
+        "at this pace (2.00 s/step, compiling left out) the run's 10,000 remaining steps take "
+        "about 5.6 h on the CPU")
+    assert len(lines) == 4
+
+
+def test_run_pace_with_a_bar_or_on_a_gpu_logs_only_the_estimate(caplog):
+    clock, log = Clock(), logging.getLogger("test.pace")
+    pace = RunPace(total_steps=100, start_step=40, backend="gpu", plain=False, log=log,
+                   timed=5, clock=clock)
+    with caplog.at_level(logging.INFO, logger="test.pace"):
+        for step in range(41, 50):
+            pace.before(step_arrays(8, 64))
+            clock.now += 0.5
+            pace.after(step, {"loss": np.float32(1.0)})
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "at this pace (0.50 s/step, compiling left out) the run's 54 remaining steps "
+                 "take about 27 s, evaluations not included")]
+
+
+def test_shape_names_and_hours():
+    assert describe_shape(step_arrays(16, 64)) == "16x64"
+    assert shape_key(step_arrays(16, 64)) != shape_key(step_arrays(16, 128))
+    assert [format_hours(s) for s in (40, 600, 9000)] == ["40 s", "10 min", "2.5 h"]

@@ -21,14 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
 from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
-from bert_jax.data import TaskData
+from bert_jax.cs224n import find_data_dir
+from bert_jax.data import load_task
 from bert_jax.errors import BertJaxError
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
+from bert_jax.task_data import TaskData
 from train.evaluate import closing_block
 
 
@@ -78,8 +79,8 @@ def _standardise(train, *others):
 def run(init: str = "all-MiniLM-L6-v2", data_dir: str | None = None, max_length: int = 128,
         limit_train: int = 0) -> dict:
     model = MultitaskModel.from_pretrained(init, max_length=max_length, batch_size=64)
-    base = data_lib.find_data_dir(data_dir)
-    load = lambda task, split, limit=0: data_lib.load_task(
+    base = find_data_dir(data_dir)
+    load = lambda task, split, limit=0: load_task(
         base, task, split, model.tokenizer, max_length=max_length, limit=limit or None,
         skip_bad_rows=True)
     scores = {}
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", default="all-MiniLM-L6-v2", metavar="MODEL",
                         help="the frozen encoder: 'all-MiniLM-L6-v2' (the embedded default) or "
-                             "a folder written by bert_jax.convert")
+                             "a folder written by bert_jax.convert (default all-MiniLM-L6-v2)")
     add_data_dir(parser)
     parser.add_argument("--max-length", type=positive_int, default=128,
                         help="tokens per sentence; longer ones are truncated (default 128)")
@@ -120,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fit the heads on the first N training rows per task (default 0: "
                              "all rows)")
     parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
-                        help="also write the scores as JSON to this file (default: write "
-                             "nothing)")
+                        help="also write the scores as JSON to this file (default none)")
     return parser
 
 

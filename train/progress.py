@@ -10,12 +10,19 @@
 - Its postfix shows `eta` with every evaluation still to come (the last one's duration each),
   which tqdm's own remaining time leaves out.
 Where no bar can draw (a log file, `--no-progress`) it draws nothing; the loop logs plain lines.
+
+`RunPace` says what neither gives: in a plain log, when a step shape compiles (minutes on a CPU
+with no other line) and the first step's loss and time; on any backend, after the first timed
+steps, how long the run takes at that pace (a warning when it is hours on the CPU).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
+import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 
@@ -106,3 +113,91 @@ class TrainProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def describe_shape(arrays) -> str:
+    """A step batch's array shapes, as its log lines name them: the distinct 2-D shapes
+    ([rows, length] packed, [batch, length] padded) as `RxL`, comma-separated."""
+    shapes = {np.shape(leaf) for leaf in jax.tree.leaves(arrays) if np.ndim(leaf) == 2}
+    return ", ".join("x".join(map(str, shape)) for shape in sorted(shapes)) or "scalar"
+
+
+def shape_key(arrays) -> tuple:
+    """What `jax.jit` compiles once per: the tree's structure (static fields included) and the
+    leaves' shapes and dtypes."""
+    leaves, tree = jax.tree.flatten(arrays)
+    return tree, tuple((np.shape(x), np.asarray(x).dtype.str) for x in leaves)
+
+
+def format_hours(seconds: float) -> str:
+    """`2.4 h`, `35 min` or `40 s`."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class RunPace:
+    """Around each train step of the loop (`before(arrays)`, `after(step, metrics)`): see the
+    module docstring. `plain`: no bar draws (a log file, --no-progress), so the compile and
+    first-step lines go to `log`; `bar`: the TrainProgress to clear before a line; `timed`:
+    steps after the first that the estimate is measured over (time compiling them left out);
+    `long_seconds`: from this length on, a run on the CPU is a warning."""
+
+    def __init__(self, total_steps: int, start_step: int, backend: str, plain: bool,
+                 log: logging.Logger, bar: TrainProgress | None = None, timed: int = 20,
+                 long_seconds: float = 3600.0, clock=time.perf_counter):
+        self.total, self.first, self.backend, self.plain = total_steps, start_step, backend, plain
+        self.log, self.bar, self.timed, self.long = log, bar, timed, long_seconds
+        self.clock = clock
+        self.shapes: set = set()
+        self.started = clock()
+        self.compiling = 0.0  # seconds spent compiling since the timing began
+        self.timing_from: float | None = None  # when the first step completed
+        self.began: float | None = None  # when the current step was called, if it compiles
+
+    def _say(self, level: int, message: str, *args) -> None:
+        if self.bar is not None and not self.bar.disabled:
+            self.bar.bar.clear()
+        self.log.log(level, message, *args)
+        if self.bar is not None and not self.bar.disabled:
+            self.bar.bar.refresh()
+
+    def before(self, arrays) -> None:
+        """Before a step is called on `arrays` (a step batch's host arrays)."""
+        key = shape_key(arrays)
+        self.began = None
+        if key not in self.shapes:
+            self.shapes.add(key)
+            self.began = self.clock()
+            if self.plain:
+                self._say(logging.INFO, "compiling the train step for shape %s (once per shape)",
+                          describe_shape(arrays))
+
+    def after(self, step: int, metrics: dict) -> None:
+        """After step `step` was called and returned `metrics` (device arrays)."""
+        if self.began is not None:  # the call traced and compiled before it returned
+            self.compiling += self.clock() - self.began
+        if step == self.first + 1:
+            losses = jax.device_get({k: v for k, v in metrics.items() if k.startswith("loss")})
+            self.timing_from, self.compiling = self.clock(), 0.0
+            if self.plain:
+                self._say(logging.INFO, "step %d: %s (%.1f s, compiling included)", step,
+                          ", ".join(f"{k} {float(v):.4f}" for k, v in losses.items()),
+                          self.timing_from - self.started)
+        elif step == self.first + 1 + self.timed and step < self.total:
+            jax.block_until_ready(metrics)
+            per_step = (self.clock() - self.timing_from - self.compiling) / self.timed
+            self.estimate(per_step, self.total - step)
+
+    def estimate(self, per_step: float, steps_left: int) -> None:
+        """The line that says how long `steps_left` steps take at `per_step` seconds each."""
+        seconds = per_step * steps_left
+        where = f" on the {self.backend.upper()}" if self.backend == "cpu" else ""
+        message = (f"at this pace ({per_step:.2f} s/step, compiling left out) the run's "
+                   f"{steps_left:,} remaining steps take about {format_hours(seconds)}{where}, "
+                   "evaluations not included")
+        if self.backend == "cpu" and seconds >= self.long:
+            self._say(logging.WARNING, "%s: this run is meant for a GPU or TPU (README: GPU, "
+                      "TPU and Colab)", message)
+        else:
+            self._say(logging.INFO, message)
