@@ -283,3 +283,66 @@ def test_processes_with_other_settings_or_data_are_refused_at_start(
         assert "sst train data (process 0: 128 examples from " in errors[0]
         assert "Traceback" not in output
     assert not (out / "last").exists()  # refused before any step
+
+
+# --------------------------------------------------------------------------- joining a run
+
+# A process that joins a run as train.multitask's main does first (a BertJaxError: one error
+# line, exit 2), then waits for the run to end.
+JOIN = """
+import sys, time
+from bert_jax.errors import BertJaxError
+from train import distributed
+try:
+    distributed.initialize()
+except BertJaxError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+print("joined", flush=True)
+time.sleep(60)
+"""
+
+
+def start_joining(port: int, count: str, pid: int, tmp_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES=count, JAX_PROCESS_ID=str(pid), BERT_JAX_INIT_TIMEOUT="8",
+               BERT_JAX_HEARTBEAT_TIMEOUT=str(HEARTBEAT), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-c", JOIN], cwd=ROOT, env=env, text=True,
+                            stdout=open(tmp_path / f"process{pid}.log", "w"),
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alone", [0, 1])
+def test_a_peer_that_never_starts_is_one_line_not_a_stack_trace(alone, tmp_path):
+    """One process of a two-process run started alone: JAX's deadline for every process to
+    join would abort it (a C++ stack trace, exit 134); it ends with one error line, exit 2."""
+    proc = start_joining(free_port(), "2", alone, tmp_path)
+    try:
+        assert proc.wait(timeout=90) == 2
+    finally:
+        proc.kill()
+    output = (tmp_path / f"process{alone}.log").read_text(errors="replace")
+    assert error_lines(output) == [line for line in output.splitlines() if line.strip()], output
+    assert "did not all join within 8 s" in output and "JAX_NUM_PROCESSES" in output
+
+
+@pytest.mark.slow
+def test_processes_started_with_other_process_counts_both_stop(tmp_path):
+    """Process 0 started for 2 processes, process 1 for 3: process 1 joins process 0's run of 2
+    all the same. Both stop with one line naming JAX_NUM_PROCESSES, exit 2 (both exited 0)."""
+    port = free_port()
+    procs = [start_joining(port, count, pid, tmp_path) for pid, count in ((0, "2"), (1, "3"))]
+    try:
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    outputs = [(tmp_path / f"process{pid}.log").read_text(errors="replace") for pid in (0, 1)]
+    assert codes == [2, 2], outputs
+    for output in outputs:
+        (error,) = error_lines(output)
+        assert ("started for 3 processes (from JAX_* variables) but joined a run of 2" in error
+                and "Start every process with the same JAX_NUM_PROCESSES" in error), output
+        assert "Traceback" not in output and "Check failure" not in output

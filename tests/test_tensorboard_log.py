@@ -140,6 +140,38 @@ def test_switched_off_or_without_tensorboardx_nothing_is_written(tmp_path, monke
     assert "\n" not in lines[0]
 
 
+def test_a_folder_it_cannot_write_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch,
+                                                                   caplog):
+    """RUN/tensorboard unusable from the start (a file in its place: read-only folders and full
+    disks raise the same OSError), or a disk that fills up during the run: one warning naming
+    the folder, then no more event files and no more words."""
+    import errno
+    record = {"step": 1, "loss": 1.0, "time": 1e9}
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "tensorboard").write_text("not a folder")
+    with caplog.at_level(logging.INFO, logger="train.tensorboard_log"):
+        with TensorBoardLog(tmp_path / "blocked") as board:
+            board.train(record)
+            board.dev(record)
+    assert not board.active
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{tmp_path / 'blocked' / 'tensorboard'}: cannot write TensorBoard files there"), lines
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train.tensorboard_log"):
+        with TensorBoardLog(tmp_path / "fills") as board:
+            board.train(record)
+
+            def disk_full(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(board._file, "write", disk_full)
+            board.train({**record, "step": 2})
+            board.dev({**record, "step": 2})
+    assert not board.active
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "(No space left on device); training goes on" in lines[0], lines
+
+
 @pytest.mark.slow
 def test_a_run_trains_without_tensorboardx(tiny_model_dir, data_dir, tmp_path, monkeypatch,
                                            caplog):

@@ -1,7 +1,9 @@
 """Multi-process runs: one `python -m train.multitask` process per host (or GPU), as one run.
 
 `initialize()` reads the launch from the environment (`launch_from_env`) and calls
-`jax.distributed.initialize` with explicit arguments, gloo CPU collectives and timeouts.
+`jax.distributed.initialize` with explicit arguments, gloo CPU collectives and timeouts; a run
+whose processes do not all join within BERT_JAX_INIT_TIMEOUT, or a process started with another
+JAX_NUM_PROCESSES than process 0, ends with one `error:` line (not JAX's abort).
 `check_same_run` compares digests of every process's settings, data, vocabulary and initial
 weights and refuses a difference before any step. Failures end every process with one `error:`
 line, never a hang: a watchdog thread keeps a sign of life in JAX's coordination service and
@@ -56,24 +58,52 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
     if launch is None:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    how = (f"Start all processes within {launch.init_timeout} s (BERT_JAX_INIT_TIMEOUT) with "
+           "the same coordinator address, reachable from every host, the same "
+           "JAX_NUM_PROCESSES and distinct ids")
+    # JAX's own deadline for every process to join aborts the process (a C++ stack trace, exit
+    # 134): this timer says why in one line first, and ends the process (exit 2).
+    timer = threading.Timer(launch.init_timeout, _never_joined, args=(launch, how))
+    timer.daemon = True
+    timer.start()
     try:
         with service_in_child_process():
             jax.distributed.initialize(
                 coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-                process_id=launch.process_id, initialization_timeout=launch.init_timeout,
+                process_id=launch.process_id, initialization_timeout=launch.init_timeout + 60,
                 # JAX's verdict aborts with a stack trace: the watchdog's one line comes first
                 heartbeat_timeout_seconds=2 * launch.heartbeat_timeout + 10,
                 shutdown_timeout_seconds=launch.shutdown_timeout)
     except (RuntimeError, ValueError) as err:
-        raise PeerError(
-            f"could not start the multi-process run (from {launch.source}): {_first_line(err)}."
-            f" Start all processes within {launch.init_timeout} s (BERT_JAX_INIT_TIMEOUT) with "
-            "the same coordinator address, reachable from every host, and distinct ids") from None
+        raise PeerError(f"could not start the multi-process run (from {launch.source}): "
+                        f"{_first_line(err)}. {how}") from None
+    finally:
+        timer.cancel()
     log.info("process %d of %d: %d local devices of %d (from %s)", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count(), launch.source)
     if jax.process_count() > 1:
         _WATCH.start(launch)
+    if launch.num_processes is not None and launch.num_processes != jax.process_count():
+        # Process 0 decides the run's size: a process told another number joins it anyway.
+        err = ConfigError(
+            f"this process was started for {launch.num_processes} processes (from "
+            f"{launch.source}) but joined a run of {jax.process_count()}, the number process 0 "
+            "was started with. Start every process with the same JAX_NUM_PROCESSES")
+        if _WATCH.client is not None:
+            _WATCH.record_failure(err, 2)  # the others stop too, naming this process
+        raise err
     return True
+
+
+def _never_joined(launch: Launch, how: str) -> None:
+    """Not every process joined within the launch's init timeout: one line, exit 2."""
+    who = ("process 0 (the coordinator) is not reachable, or another process" if launch.process_id
+           else "another process")
+    print(f"error: could not start the multi-process run (from {launch.source}): "
+          f"{launch.num_processes or 'the'} processes did not all join within "
+          f"{launch.init_timeout} s: {who} never started, or was started with another "
+          f"JAX_NUM_PROCESSES. {how}", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def _first_line(err: BaseException) -> str:
@@ -223,9 +253,12 @@ def guard():
                              "output. Restart every process (with --resume to continue)")
             _WATCH.record_failure(peer, 2)
             raise peer from None
-        code = 2 if isinstance(err, BertJaxError) else 1  # as main's
-        _WATCH.record_failure(err, 130 if isinstance(err, KeyboardInterrupt) else 3 if (
-            "RESOURCE_EXHAUSTED" in str(err)) else code)
+        # as main's: 2 for the project's errors (a full disk during a save is one: not the
+        # device's memory, whatever tensorstore's "RESOURCE_EXHAUSTED" said), 3 for the
+        # device's memory, 130 for an interrupt, else 1
+        code = (2 if isinstance(err, BertJaxError) else 130 if isinstance(err, KeyboardInterrupt)
+                else 3 if "RESOURCE_EXHAUSTED" in str(err) else 1)
+        _WATCH.record_failure(err, code)
         raise
     else:
         _WATCH.finish()

@@ -8,12 +8,14 @@ norm, the learning rates) and `dev/KEY` for each dev score, at the record's step
 The events are written by tensorboardX's record writer (no TensorFlow), on the training thread
 and flushed with each record (one small event per log point), so the files on disk are always
 up to date. Without tensorboardX a run trains as before and says once that it writes no event
-files. Each attempt of a run writes its own file, whose first events tell TensorBoard to drop
+files, and a folder it cannot write (read-only, a full disk) is one warning, after which it
+writes no more event files. Each attempt of a run writes its own file, whose first events tell TensorBoard to drop
 what earlier files hold after the step the attempt starts from (SummaryWriter's `purge_step`),
 as the JSON-lines logs are cut back there: resumed curves do not double up.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -69,22 +71,26 @@ class TensorBoardLog:
             log.warning("tensorboardX is not installed: no TensorBoard files for this run "
                         "(`pip install tensorboardX`; --no-tensorboard silences this)")
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # TensorBoard reads the files in name order (and a live one only those after the file it
-        # reads): the time in seconds, as tensorboardX names them, then the attempt's number.
-        attempt = len(list(self.folder.glob("*tfevents*")))
-        self.path = self.folder / (f"events.out.tfevents.{int(time.time()):010d}."
-                                   f"{socket.gethostname()}.{attempt:04d}")
-        self._file = RecordWriter(str(self.path))
-        now = time.time()
-        self._write(Event(wall_time=now, step=0, file_version="brain.Event:2"))
-        # SummaryWriter(purge_step=...)'s two events: a restart at start_step + 1, so TensorBoard
-        # drops the events of earlier files from that step on (always: a fresh run too, since
-        # its logs start empty even if an earlier attempt in this folder wrote some).
-        self._write(Event(wall_time=now, step=start_step + 1, file_version="brain.Event:2"))
-        self._write(Event(wall_time=now, step=start_step + 1,
-                          session_log=SessionLog(status=SessionLog.START)))
-        self._file.flush()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # TensorBoard reads the files in name order (and a live one only those after the
+            # file it reads): the time in seconds, as tensorboardX names them, then the
+            # attempt's number.
+            attempt = len(list(self.folder.glob("*tfevents*")))
+            self.path = self.folder / (f"events.out.tfevents.{int(time.time()):010d}."
+                                       f"{socket.gethostname()}.{attempt:04d}")
+            self._file = RecordWriter(str(self.path))
+            now = time.time()
+            self._write(Event(wall_time=now, step=0, file_version="brain.Event:2"))
+            # SummaryWriter(purge_step=...)'s two events: a restart at start_step + 1, so
+            # TensorBoard drops the events of earlier files from that step on (always: a fresh
+            # run too, since its logs start empty even if an earlier attempt wrote some).
+            self._write(Event(wall_time=now, step=start_step + 1, file_version="brain.Event:2"))
+            self._write(Event(wall_time=now, step=start_step + 1,
+                              session_log=SessionLog(status=SessionLog.START)))
+            self._file.flush()
+        except OSError as err:
+            self._give_up(err)
 
     @property
     def active(self) -> bool:
@@ -98,9 +104,23 @@ class TensorBoardLog:
             return
         values = [Summary.Value(tag=tag, simple_value=value)
                   for tag, value in scalars(record, prefix).items()]
-        self._write(Event(wall_time=record.get("time", time.time()), step=int(record["step"]),
-                          summary=Summary(value=values)))
-        self._file.flush()
+        try:
+            self._write(Event(wall_time=record.get("time", time.time()),
+                              step=int(record["step"]), summary=Summary(value=values)))
+            self._file.flush()
+        except OSError as err:
+            self._give_up(err)
+
+    def _give_up(self, err: OSError) -> None:
+        """A folder that cannot be written (read-only, a full disk, a file in its place): the
+        training goes on without TensorBoard files, saying so once."""
+        log.warning("%s: cannot write TensorBoard files there (%s); training goes on without "
+                    "them (train_log.jsonl and metrics.jsonl hold the same records; "
+                    "--no-tensorboard silences this)", self.folder, err.strerror or err)
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
 
     def train(self, record: dict) -> None:
         """A train_log.jsonl record: `train/loss`, `train/loss_TASK`, `train/grad_norm`,
