@@ -13,21 +13,22 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 import numpy as np
 
-from bert_jax import data as data_lib
-from bert_jax.bench.flops import (count_params, device_peak, layout_flops, model_flops,
+from bert_jax.batching import bucket_length, choose_buckets
+from benchmarks.flops import (count_params, device_peak, layout_flops, model_flops,
                                   non_embedding_params)
-from bert_jax.bench.profiling import profile_jax
-from bert_jax.bench.workload import BenchData, synthetic_batch
+from benchmarks.profiling import profile_jax
+from benchmarks.workload import BenchData, synthetic_batch
 from bert_jax.heads import MultitaskBert
 from bert_jax.tokenizer import pad_ids
 from train.config import TrainConfig
-from train.step import (create_state, make_mesh, make_optimizer, make_train_step, shard_batch,
-                        task_losses)
+from train.optimizer import make_optimizer
+from train.sharding import make_mesh, shard_batch
+from train.step import create_state, make_train_step, step_signature, task_losses
 
 if TYPE_CHECKING:  # annotations only: importing it would load PyTorch
-    from bert_jax.bench.torch_reference import TorchReference
+    from benchmarks.torch_reference import TorchReference
 
-log = logging.getLogger("bert_jax.bench")
+log = logging.getLogger("benchmarks")
 
 
 def median(values) -> float:
@@ -38,14 +39,16 @@ class JaxTrainRunner:
     """This project's train step on a one-device mesh, fresh state per batch size."""
     name = "jax"
 
-    def __init__(self, config, params, heads, lr: float):
+    def __init__(self, config, params, heads, lr: float, dtype: str = "float32",
+                 attention_impl: str = "xla"):
         self.mesh = make_mesh(jax.devices()[:1])
         cfg = TrainConfig(lr=lr)
         self.tx = make_optimizer(cfg, 1_000_000)
-        self.model = MultitaskBert(config, heads)
+        self.model = MultitaskBert(config, heads, dtype=dtype, attention_impl=attention_impl)
         self.state = create_state(params, self.tx, cfg.seed, self.mesh)
         self.step = make_train_step(self.model, self.tx, self.mesh)
         self.compile_seconds = 0.0
+        self.signatures: set[tuple] = set()  # the step compiles once per signature run
 
     def prepare(self, sample):
         batch = shard_batch(sample["jax"], self.mesh)
@@ -53,13 +56,15 @@ class JaxTrainRunner:
         return batch
 
     def run(self, batch):
+        self.signatures.add(step_signature(batch))
         self.state, metrics = self.step(self.state, batch)
         jax.block_until_ready((self.state, metrics))
         return metrics
 
-    def num_compiles(self) -> int | None:
-        size = getattr(self.step, "_cache_size", None)
-        return int(size()) if size else None
+    def num_compiles(self) -> int:
+        """Train step programs compiled: one per distinct batch signature run
+        (`train.step.step_signature`; the state's is the same throughout)."""
+        return len(self.signatures)
 
     def profile(self, batch, steps: int = 3) -> dict:
         return profile_jax(self, batch, steps)
@@ -142,7 +147,7 @@ def bench_train(args, data: BenchData | None, config, params, heads, batch_size:
         samples = plan["samples"]
     batches = {s["index"]: s for s in samples}
     weights = {s["index"]: 1.0 / len(samples) for s in samples}
-    jax_runner = JaxTrainRunner(config, params, heads, args.lr)
+    jax_runner = JaxTrainRunner(config, params, heads, args.lr, args.dtype, args.attention_impl)
     runners: list[Any] = [jax_runner]
     check = None
     if reference is not None:
@@ -229,7 +234,7 @@ def sorted_batches(ids: list[np.ndarray], batch_size: int, buckets, pad_id: int)
         real = len(idx)
         if real < batch_size:
             idx = np.concatenate([idx, np.full(batch_size - real, idx[-1])])
-        length = data_lib.bucket_length(int(lengths[idx].max()), buckets)
+        length = bucket_length(int(lengths[idx].max()), buckets)
         i, m = pad_ids([ids[j] for j in idx], length, pad_id)
         batches.append((i, m, real, idx[:real]))
     return batches
@@ -263,17 +268,20 @@ def bench_encode(args, data: BenchData, config, params, heads,
     lengths = np.asarray([len(r) for r in ids])
 
     # JAX, as the project evaluates (train.evaluate): buckets chosen over the sentences' lengths.
-    buckets = data_lib.choose_buckets(lengths, data.cfg.max_length,
-                                      num_buckets=data.cfg.num_buckets)
-    model = MultitaskBert(config, heads)
+    buckets = choose_buckets(lengths, data.cfg.max_length,
+                             num_buckets=data.cfg.num_buckets)
+    model = MultitaskBert(config, heads, dtype=args.dtype, attention_impl=args.attention_impl)
     dev_params = jax.device_put(params)
     embed = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m,
                                                 method=MultitaskBert.embed))
     jax_batches = sorted_batches(ids, bs, buckets, data.tokenizer.pad_id)
 
+    encoded_shapes = set()  # `embed` compiles once per distinct input shape run
+
     def run_jax():
         out = np.zeros((n, config.hidden_size), np.float32)
         for i, m, real, idx in jax_batches:
+            encoded_shapes.add((i.shape, i.dtype, m.shape, m.dtype))
             out[idx] = np.asarray(embed(dev_params, jax.device_put(i), jax.device_put(m)))[:real]
         return out
 
@@ -297,7 +305,7 @@ def bench_encode(args, data: BenchData, config, params, heads,
         "encode_sentences": n, "encode_batch_size": bs, "encode_real_tokens": real_tokens,
         "encode_buckets": list(buckets),
         "encode_padding_waste_jax": 1 - real_tokens / padded["jax"],
-        "num_compiles_encode": int(embed._cache_size()) if hasattr(embed, "_cache_size") else None,
+        "num_compiles_encode": len(encoded_shapes),
     }
     if "torch" in runs:
         res["encode_padding_waste_torch"] = 1 - real_tokens / padded["torch"]

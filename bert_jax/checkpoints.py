@@ -18,16 +18,19 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import filelock
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
-from bert_jax.config import BertConfig
-from bert_jax.errors import BertJaxError
-from bert_jax.heads import HeadConfig
+from bert_jax.config import BertConfig, check_vocab
+from bert_jax.errors import BertJaxError, write_failure
+from bert_jax.heads import HeadConfig, init_multitask_params
 
 log = logging.getLogger("bert_jax.checkpoints")
 
@@ -56,6 +59,48 @@ def run_lock(run_dir: str | Path):
         yield
     finally:
         lock.release()
+
+
+class _DropThreadErrors(logging.Filter):
+    # How orbax's writer threads log the error that the save then raises.
+    WORDS = ("raised an exception", "in background save thread")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(words in record.getMessage() for words in self.WORDS)
+
+
+@contextlib.contextmanager
+def quiet_save_threads():
+    """Around an orbax save: the raised error says it all, so what orbax and tensorstore print
+    besides is dropped. Orbax's writer threads log each failure with its traceback (absl,
+    ERROR) before the save raises it: dropped while the save runs. Once one write fails, the
+    others still in flight finish later and try to wake orbax's event loop, closed by then:
+    Python reports each as an unraisable RuntimeError("Event loop is closed") with a traceback
+    (dozens, during the rest of the run): dropped from the first save on
+    (`_drop_closed_loop_reports`)."""
+    _drop_closed_loop_reports()
+    quiet = _DropThreadErrors()
+    absl_log = logging.getLogger("absl")
+    absl_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_log.removeFilter(quiet)
+
+
+def _drop_closed_loop_reports() -> None:
+    """Leave out unraisable RuntimeError("Event loop is closed") reports; every other
+    unraisable exception is reported by the hook that was in place."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
 
 
 class _NoCheckpoints:
@@ -133,40 +178,50 @@ class RunCheckpoints:
         if self.read_only:
             raise CheckpointError(f"{self.run_dir}: opened read-only; cannot save")
         try:
-            if step in manager.all_steps():
-                manager.delete(step)
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                       meta=ocp.args.JsonSave(meta)))
-            manager.wait_until_finished()
-        except OSError as err:
+            with quiet_save_threads():
+                if step in manager.all_steps():
+                    manager.delete(step)
+                manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                           meta=ocp.args.JsonSave(meta)))
+                manager.wait_until_finished()
+        except Exception as err:
+            for tmp in Path(manager.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)  # the half-written step
+            reason = write_failure(err)
+            if reason is None:
+                raise
             raise CheckpointError(
                 f"{manager.directory}: could not write the checkpoint of step {step} "
-                f"({err.strerror or err}). Free disk space or fix the folder's permissions, "
-                "then continue with --resume from the previous checkpoint") from err
+                f"({reason}). Free disk space or fix the folder's permissions, then continue "
+                "with --resume from the previous checkpoint") from err
 
-    def restore(self, target: Any, which: str = "last", step: int | None = None):
+    def restore(self, target: Any, which: str = "last", step: int | None = None,
+                earlier: tuple[Any, Callable[[Any], Any], str] | None = None):
         """Newest intact checkpoint of `which` as (state shaped like `target`, meta, step).
 
         `target` gives the tree structure, shapes, dtypes and shardings (None: the saved tree as
-        nested dicts of arrays). Raises CheckpointError naming every folder tried when none loads.
+        nested dicts of arrays). `earlier`: `(target, convert, what)` of the layout an earlier
+        version saved: a checkpoint that does not restore as `target` but does as this target
+        is restored so, `convert`ed to `target`'s layout and logged (`what`: the part that
+        changed). Raises CheckpointError naming every folder tried when none loads (each with
+        the error of restoring it as `target`).
         """
         manager = self.last if which == "last" else self.best
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
-        abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        # Without a target, arrays saved on devices this process does not have (a run trained on
-        # more devices, or by several processes) load onto this process's first device.
-        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         failures = []
         for s in steps:
             try:
-                restored = manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract, fallback_sharding=local),
-                    meta=ocp.args.JsonRestore()))
-                if failures:
-                    log.warning("skipped damaged checkpoints: %s", "; ".join(failures))
-                return restored.state, restored.meta, s
-            except Exception as err:  # a damaged folder: try the previous step
-                failures.append(f"{manager.directory / str(s)}: {type(err).__name__}: {err}"[:500])
+                state, meta = _restore_step(manager, s, target)
+            except Exception as err:  # a damaged folder, or one of an earlier layout
+                state = _restore_earlier(manager, s, earlier)
+                if state is None:  # damaged: try the previous step
+                    failures.append(
+                        f"{manager.directory / str(s)}: {type(err).__name__}: {err}"[:500])
+                    continue
+                state, meta = state
+            if failures:
+                log.warning("skipped damaged checkpoints: %s", "; ".join(failures))
+            return state, meta, s
         where = manager.directory
         if not failures:
             raise CheckpointError(f"{where}: no checkpoint there to restore")
@@ -178,6 +233,33 @@ class RunCheckpoints:
     def close(self) -> None:
         self.last.close()
         self.best.close()
+
+
+def _restore_step(manager, step: int, target: Any) -> tuple[Any, dict]:
+    """(state shaped like `target`, meta) of `step`; raises whatever orbax raises."""
+    abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    # Without a target, arrays saved on devices this process does not have (a run trained on
+    # more devices, or by several processes) load onto this process's first device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract, fallback_sharding=local),
+        meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+
+def _restore_earlier(manager, step: int, earlier) -> tuple[Any, dict] | None:
+    """`step` restored in the `earlier` layout (`RunCheckpoints.restore`) and converted, with
+    its meta; None when there is none or the checkpoint does not restore so either."""
+    if earlier is None:
+        return None
+    target, convert, what = earlier
+    try:
+        state, meta = _restore_step(manager, step, target)
+    except Exception:  # noqa: BLE001 - not of that layout either: the caller reports it
+        return None
+    log.info("%s: the checkpoint's %s was written by an earlier version and was converted",
+             manager.directory / str(step), what)
+    return convert(state), meta
 
 
 @dataclasses.dataclass
@@ -197,7 +279,9 @@ def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
 
     Falls back from "best" to "last" when the run has no best checkpoint yet. Reads a `best/`
     holding only the parameters (`save_best`) and one holding a whole training state (older
-    runs) alike: both keep the parameters under "params".
+    runs) alike: both keep the parameters under "params". A run whose config.json,
+    train_config.json or vocab.txt is damaged, or no longer fits its parameters (another
+    number of layers, a vocabulary of another size), raises a BertJaxError naming the file.
     """
     run_dir = Path(run_dir)
     for name in ("config.json", "train_config.json", "vocab.txt"):
@@ -205,6 +289,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
             raise CheckpointError(
                 f"{run_dir}: not a training run folder (no {name}); pass the --out folder of "
                 "`python -m train.multitask`")
+    bert_config, heads = run_configs(run_dir)
+    check_vocab(run_dir / "vocab.txt", bert_config, CheckpointError)
     checkpoints = RunCheckpoints(run_dir, read_only=True)
     try:
         if which == "best" and checkpoints.latest_step("best") is None:
@@ -219,11 +305,49 @@ def load_run(run_dir: str | Path, which: str = "best") -> RunFiles:
             raise
     finally:
         checkpoints.close()
-    train_config = read_json(run_dir / "train_config.json")
-    heads = HeadConfig(**{f.name: train_config[f.name] for f in dataclasses.fields(HeadConfig)
-                          if f.name in train_config})
-    return RunFiles(run_dir, BertConfig.from_json(run_dir / "config.json"), heads,
-                    run_dir / "vocab.txt", state["params"], meta, which)
+    params = state.get("params") if isinstance(state, dict) else None
+    problems = shape_differences(
+        jax.eval_shape(lambda: init_multitask_params(bert_config, heads, jax.random.key(0))),
+        params)
+    if problems:
+        raise CheckpointError(
+            f"{run_dir}: the parameters of {which}/ do not fit the run's config.json and "
+            f"train_config.json ({len(problems)} differences: {'; '.join(problems[:3])}"
+            f"{'; ...' if len(problems) > 3 else ''}); one of those files was changed: restore "
+            "them from a copy of the run")
+    return RunFiles(run_dir, bert_config, heads, run_dir / "vocab.txt", params, meta, which)
+
+
+def run_configs(run_dir: Path) -> tuple[BertConfig, HeadConfig]:
+    """The encoder's `BertConfig` (config.json) and the `HeadConfig` (train_config.json) of a
+    run folder; a damaged file (also a `max_length` in train_config.json that is not a whole
+    number of at least 2) raises a BertJaxError naming it."""
+    path = run_dir / "train_config.json"
+    train_config = read_json(path)
+    try:
+        heads = HeadConfig(**{f.name: train_config[f.name]
+                              for f in dataclasses.fields(HeadConfig) if f.name in train_config})
+        max_length = train_config.get("max_length", 128)  # what readers tokenize to
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length {max_length!r} is not a whole number of at least 2")
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}; the file is damaged: restore it from a copy of "
+                              "the run") from None
+    return BertConfig.from_json(run_dir / "config.json"), heads
+
+
+def shape_differences(want: Any, got: Any) -> list[str]:
+    """Where the parameter tree `got` differs from `want` (trees of arrays or shape structs):
+    "path: expected (shape), got (shape or None)" for each leaf missing, unexpected or
+    mis-shaped, sorted by path; [] when they fit."""
+    def shapes(tree):
+        if not isinstance(tree, dict):
+            return {}
+        return {"/".join(map(str, path)): tuple(leaf.shape)
+                for path, leaf in traverse_util.flatten_dict(tree).items()}
+    want, got = shapes(want), shapes(got)
+    return [f"{path}: expected {want.get(path)}, got {got.get(path)}"
+            for path in sorted(set(want) | set(got)) if want.get(path) != got.get(path)]
 
 
 def newest_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[str, int | None]:
