@@ -20,7 +20,7 @@ import json
 import re
 import types
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from flax import traverse_util
@@ -146,6 +146,18 @@ def find_weights(folder: Path) -> Path:
                            "checkpoints are not supported)")
 
 
+def read_json_object(path: Path, damaged: Callable[[str], Exception]) -> dict:
+    """The JSON object in `path`; `damaged(why)` is raised when the file cannot be read, is not
+    JSON, or holds something else than an object."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(f"not a readable JSON file ({err})") from None
+    if not isinstance(values, dict):
+        raise damaged(f"a JSON object is expected, not {type(values).__name__}")
+    return values
+
+
 def read_config(path: str | Path) -> BertConfig:
     """A `BertConfig` from a HuggingFace or bert-jax `config.json`.
 
@@ -157,13 +169,9 @@ def read_config(path: str | Path) -> BertConfig:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such config file")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConversionError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(values, dict):
-        raise ConversionError(f"{path}: not a usable BERT config: a JSON object (keys such as "
-                              f"hidden_size) is expected, not {type(values).__name__}")
+    values = read_json_object(path, lambda why: ConversionError(
+        f"{path}: " + why.replace("a JSON object is", "not a usable BERT config: a JSON object "
+                                  "(keys such as hidden_size) is")))
     position = values.get("position_embedding_type", "absolute")
     if position != "absolute":
         raise ConversionError(f"{path}: position_embedding_type {position!r} is not supported "

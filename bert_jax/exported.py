@@ -9,7 +9,6 @@ every export holds `export.json` (provenance), by which it is recognised (`is_ex
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from bert_jax.checkpoint_files import read_json_object
 from bert_jax.config import BertConfig, check_vocab
 from bert_jax.converted import OutputKind, convert_checkpoint
 from bert_jax.errors import ConversionError, ExportError
@@ -156,12 +156,7 @@ def _read_heads_config(path: Path) -> tuple[HeadConfig, int | None]:
     naming the file when it is damaged."""
     def damaged(why: str) -> ExportError:
         return ExportError(f"{path}: {why}; the file is damaged: export the run again")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise damaged(f"not a readable JSON file ({err})") from None
-    if not isinstance(values, dict):
-        raise damaged(f"a JSON object is expected, not {type(values).__name__}")
+    values = read_json_object(path, damaged)
     try:
         heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
                               if f.name in values})

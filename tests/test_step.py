@@ -294,21 +294,30 @@ def reference_step(model, tx):
     return step
 
 
+# Every optimiser option at once: layer decay, head rate, warm-up, decay, clipping, weight decay.
+PAIR_CONFIG = TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, warmup_steps=2,
+                          linear_decay=True, grad_clip=0.5, weight_decay=0.01)
+
+
+def _optimizer_pair():
+    """The tiny model's (model, host params, one-device mesh, optimiser, train step,
+    reference_optimizer's (tx, schedule, rates), reference step), both optimisers built from
+    PAIR_CONFIG for 6 steps of a 2-layer encoder."""
+    model, params, _ = _tiny_setup()
+    mesh = make_mesh(jax.devices()[:1])
+    tx = make_optimizer(PAIR_CONFIG, 6, 2)
+    reference = reference_optimizer(PAIR_CONFIG, 6, 2)
+    return (model, jax.device_get(params), mesh, tx, make_train_step(model, tx, mesh), reference,
+            reference_step(model, reference[0]))
+
+
 def check_against_reference(exact: bool) -> None:
     """Five steps of the tiny model (layer decay, head rate, warm-up, decay, clipping, weight
     decay; the third step's loss NaN) reach the parameters of the plain optax reference with its
     own finite check: `exact`, bit for bit, else within float32 rounding. The skipped step is
     counted, and the logged learning rates are the schedule's at each update applied."""
-    model, params, _ = _tiny_setup()
-    params = jax.device_get(params)
-    cfg = TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, warmup_steps=2,
-                      linear_decay=True, grad_clip=0.5, weight_decay=0.01)
-    mesh = make_mesh(jax.devices()[:1])
-    tx = make_optimizer(cfg, 6, 2)
+    model, params, mesh, tx, step, (ref_tx, schedule, rates), ref_step = _optimizer_pair()
     state = create_state(jax.tree.map(jnp.asarray, params), tx, 0, mesh)
-    step = make_train_step(model, tx, mesh)
-    ref_tx, schedule, rates = reference_optimizer(cfg, 6, 2)
-    ref_step = reference_step(model, ref_tx)
     ref_params, ref_state = params, ref_tx.init(params)
     same = (np.testing.assert_array_equal if exact else
             functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7))
@@ -494,15 +503,7 @@ def test_a_checkpoint_of_the_earlier_optimizer_layout_restores_converted(tmp_pat
     layout: Adam's moments as saved, counts, rates and skip counters as the current optimiser
     holds them after the same steps, and two more steps reach the reference's parameters. A
     damaged checkpoint is still reported as damaged."""
-    model, params, _ = _tiny_setup()
-    params = jax.device_get(params)
-    cfg = TrainConfig(lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, warmup_steps=2,
-                      linear_decay=True, grad_clip=0.5, weight_decay=0.01)
-    mesh = make_mesh(jax.devices()[:1])
-    tx = make_optimizer(cfg, 6, 2)
-    step = make_train_step(model, tx, mesh)
-    ref_tx, _, _ = reference_optimizer(cfg, 6, 2)
-    ref_step = reference_step(model, ref_tx)
+    model, params, mesh, tx, step, (ref_tx, _, _), ref_step = _optimizer_pair()
     rng = np.random.default_rng(7)
     batches = [synthetic_batch(rng) for _ in range(5)]
     batches[1].labels.sts[0] = np.nan  # skipped
@@ -516,7 +517,7 @@ def test_a_checkpoint_of_the_earlier_optimizer_layout_restores_converted(tmp_pat
     ckpts = RunCheckpoints(tmp_path)
     ckpts.save(3, saved, {"step": 3})
     fresh = create_state(jax.tree.map(jnp.asarray, params), tx, 0, mesh)
-    earlier = earlier_layout(fresh, group_schedules(cfg, 6, 2))
+    earlier = earlier_layout(fresh, group_schedules(PAIR_CONFIG, 6, 2))
     with caplog.at_level(logging.INFO, "bert_jax.checkpoints"):
         state, _, at = ckpts.restore(fresh, earlier=earlier)
     assert at == 3 and int(state.step) == 3
@@ -538,5 +539,5 @@ def test_a_checkpoint_of_the_earlier_optimizer_layout_restores_converted(tmp_pat
             path.write_bytes(b"\x00garbage")
     fresh = create_state(jax.tree.map(jnp.asarray, params), tx, 0, mesh)
     with pytest.raises(CheckpointError, match="no intact checkpoint"):
-        ckpts.restore(fresh, earlier=earlier_layout(fresh, group_schedules(cfg, 6, 2)))
+        ckpts.restore(fresh, earlier=earlier_layout(fresh, group_schedules(PAIR_CONFIG, 6, 2)))
     ckpts.close()
