@@ -14,11 +14,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
-
-import datasets
+from typing import TYPE_CHECKING, Any, Sequence
 
 from bert_jax.errors import BertJaxError
+
+if TYPE_CHECKING:  # imported where a file is read: the task names need no `datasets` (1 s)
+    import datasets
 
 logger = logging.getLogger("bert_jax.data")
 
@@ -123,33 +124,82 @@ def _bad_bytes(fields: Sequence[str]) -> str | None:
 _NOT_UTF8_HINT = ("Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)")
 
 
-def _iter_records(path: Path, text: str):
-    """(header, iterator of (first line of record, fields)), parsed as csv.DictReader does."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+class _Lines:
+    """The physical lines of a text (each with its line break) for `csv.reader`, with the
+    number of the line read last and a way to go back: after a record that swallowed lines,
+    reading resumes at the line after the one that opened it."""
+
+    def __init__(self, text: str):
+        self.lines = io.StringIO(text, newline="").readlines()
+        self.pos = 0  # lines handed out so far = the 1-based number of the last one
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+_QUOTE_PROBLEM = ("an unbalanced double quote: a field starts with \" and does not end with one "
+                  "on this line (quotes inside a field are doubled)")
+
+
+def iter_records(path: Path, text: str, delimiter: str = "\t"):
+    """(header, iterator of (line, end, fields, problem)), parsed as csv.DictReader does, one
+    physical line per record: a record that would span lines (a double quote opened and closed
+    lines later, or never; a field holding a line break or a tab) is an unbalanced quote. Its
+    first line comes back alone with the quote read as a plain character and `problem` set; the
+    lines it would have swallowed are read again as rows of their own. `end` is the last line
+    of the record (= line but for a record csv itself reads over several lines, which never
+    comes back: reading restarts after `line`)."""
+    lines = _Lines(text)
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:  # pragma: no cover - empty text is caught earlier
         header = None
     except csv.Error as e:
-        raise data_error(path, reader.line_num, f"cannot parse the header ({e})",
+        raise data_error(path, lines.pos, f"cannot parse the header ({e})",
                    "Check the quoting of the header line") from None
+    if header is not None and (lines.pos > 1 or _holds_break(header, delimiter)):
+        raise data_error(path, 1, f"the header line {_QUOTE_PROBLEM}",
+                         "Fix the quoting of the header line")
 
     def records():
         while True:
-            start = reader.line_num + 1
+            start = lines.pos + 1
             try:
                 row = next(reader)
             except StopIteration:
                 return
-            except csv.Error as e:
-                raise data_error(path, start, f"cannot parse the row ({e})",
-                           "Check the quoting: a field that starts with a double quote must end "
-                           "with one, and quotes inside it are doubled") from None
+            except csv.Error as e:  # a field over csv's size limit: one bad row, not the file
+                lines.pos = start
+                raw = lines.lines[start - 1].rstrip("\r\n")
+                yield start, start, raw.split(delimiter), (
+                    f"cannot parse the row ({e}): a field longer than "
+                    f"{csv.field_size_limit()} characters, or a double quote never closed")
+                continue
             if row == []:  # DictReader skips blank lines
                 continue
-            yield start, reader.line_num, row
+            if lines.pos > start or _holds_break(row, delimiter):
+                lines.pos = start  # read the swallowed lines again, as rows of their own
+                raw = lines.lines[start - 1].rstrip("\r\n")
+                yield start, start, next(csv.reader([raw], delimiter=delimiter,
+                                                    quoting=csv.QUOTE_NONE)), _QUOTE_PROBLEM
+                continue
+            yield start, lines.pos, row, None
 
     return header, records()
+
+
+def _holds_break(fields: Sequence[str], delimiter: str) -> bool:
+    """A field holding a line break, or a tab in a tab-separated file: only a quote opened
+    where it should not be puts one there (a quoted comma in a comma-separated file is fine)."""
+    breaks = "\r\n\t" if delimiter == "\t" else "\r\n"
+    return any(ch in field for field in fields for ch in breaks)
 
 
 _PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
@@ -186,28 +236,19 @@ def _parse_label(task: str, value: str) -> tuple[Any, str | None]:
     return x, None
 
 
-def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool = True,
-                           skip_bad_rows: bool = False
-                           ) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
-    """Like `load_split`, and also the skipped rows as a list of (line, reason).
-
-    Without `skip_bad_rows` the list is empty: the first bad row raises DataError.
-    """
-    check_task(task)
-    path = Path(path)
-    text = _read_text(path)
-    header, records = _iter_records(path, text)
-    header = header or []
+def _check_header(path: Path, header: list[str], task: str, labeled: bool) -> dict[str, int]:
+    """{column name: position} of a header that has the task's columns; else DataError. As
+    DictReader does, a name that repeats maps to its last position."""
     bad = _bad_bytes(header)
     if bad:
-        raise data_error(path, 1, f"the header has bytes that are not UTF-8 (byte {bad})", _NOT_UTF8_HINT)
+        raise data_error(path, 1, f"the header has bytes that are not UTF-8 (byte {bad})",
+                         _NOT_UTF8_HINT)
     if len(header) == 1 and "," in header[0]:
-        raise data_error(path, 1, "the file looks comma-separated; the CS224N files are tab-separated",
-                   "Save it with tabs between the columns (e.g. pandas `to_csv(sep='\\t')`)")
-
-    text_cols = _TEXT_COLUMNS[task]
+        raise data_error(path, 1, "the file looks comma-separated; the CS224N files are "
+                         "tab-separated",
+                         "Save it with tabs between the columns (e.g. pandas `to_csv(sep='\\t')`)")
     label_col = _LABEL_COLUMN[task] if labeled else None
-    wanted = ("id",) + text_cols + ((label_col,) if label_col else ())
+    wanted = ("id",) + _TEXT_COLUMNS[task] + ((label_col,) if label_col else ())
     missing = [c for c in wanted if c not in header]
     if missing:
         hint = "Check that the file belongs to this task and is tab-separated"
@@ -217,51 +258,81 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
         raise data_error(path, 1, f"missing column{'s' if len(missing) > 1 else ''} "
                    f"{', '.join(missing)} (task {task!r} expects {', '.join(wanted)}; "
                    f"the header has {', '.join(repr(h) for h in header) or 'no columns'})", hint)
-    # DictReader maps each name to its last position when a name repeats.
-    pos = {name: i for i, name in enumerate(header)}
+    return {name: i for i, name in enumerate(header)}
 
+
+def _row_shape_problem(row: list[str], header: list[str]) -> str | None:
+    """What is wrong with a row's fields as such (their count, their bytes), or None."""
+    n = len(header)
+    if len(row) < n:
+        return (f"{len(row)} field{'s' if len(row) != 1 else ''}, the header has {n} "
+                f"({', '.join(repr(h) for h in header)})")
+    if len(row) > n:
+        return f"{len(row)} fields, the header has {n}: an unquoted tab inside a sentence?"
+    if (b := _bad_bytes(row)) is not None:
+        return f"bytes that are not UTF-8 (byte {b})"
+    return None
+
+
+def _parse_row(row: list[str], pos: dict[str, int], task: str, labeled: bool,
+               first_line_of: dict[str, int]) -> tuple[str, list[str], Any, str | None]:
+    """(id, sentences lowercased and stripped, label or None, problem or None) of a row whose
+    fields have the header's shape."""
+    ex_id = row[pos["id"]].strip()
+    text_cols = _TEXT_COLUMNS[task]
+    sents = [row[pos[c]].lower().strip() for c in text_cols]
+    label = None
+    if not ex_id:
+        return ex_id, sents, None, "the id is empty"
+    if (empty := [c for c, s in zip(text_cols, sents) if not s]):
+        return ex_id, sents, None, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+    if ex_id in first_line_of:
+        return ex_id, sents, None, f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
+    if labeled:
+        label, problem = _parse_label(task, row[pos[_LABEL_COLUMN[task]]])
+        return ex_id, sents, label, problem
+    return ex_id, sents, None, None
+
+
+def _to_dataset(task: str, labeled: bool, ids, texts, labels, lines) -> datasets.Dataset:
+    import datasets  # here, not at the top: `import bert_jax.api` needs no `datasets`
+    columns: dict[str, list] = {"id": ids, "sentence1": texts[0]}
+    features = {"id": datasets.Value("string"), "sentence1": datasets.Value("string")}
+    if len(texts) == 2:
+        columns["sentence2"] = texts[1]
+        features["sentence2"] = datasets.Value("string")
+    if labeled:
+        columns["label"] = labels
+        features["label"] = datasets.Value("float32" if task == "sts" else "int64")
+    columns["line"] = lines
+    features["line"] = datasets.Value("int64")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool = True,
+                           skip_bad_rows: bool = False
+                           ) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
+    """Like `load_split`, and also the skipped rows as a list of (line, reason).
+
+    Without `skip_bad_rows` the list is empty: the first bad row raises DataError.
+    """
+    check_task(task)
+    path = Path(path)
+    header, records = iter_records(path, _read_text(path))
+    header = header or []
+    pos = _check_header(path, header, task, labeled)
     ids, lines, labels = [], [], []
-    texts: list[list[str]] = [[] for _ in text_cols]
+    texts: list[list[str]] = [[] for _ in _TEXT_COLUMNS[task]]
     skipped: list[tuple[int, str]] = []
     first_line_of: dict[str, int] = {}
-    n_fields = len(header)
-    for line, end, row in records:
-        problem = None
-        if end > line or any(ch in field for field in row for ch in "\t\r\n"):
-            # csv joined physical lines into one record: a double quote opened and closed
-            # lines later (or never), swallowing the rows in between. Every line is named.
-            span = f"lines {line}-{end}" if end > line else f"line {line}"
-            problem = (f"{span} were read as one row: a field holds a line break or tab, the "
-                       "sign of an unbalanced double quote (a field that starts with \" must end "
-                       "with one; quotes inside it are doubled)")
-            if not skip_bad_rows:
-                raise data_error(path, line, problem, SKIP_HINT)
-            skipped.extend((n, problem) for n in range(line, end + 1))
-            continue
-        if len(row) < n_fields:
-            problem = (f"{len(row)} field{'s' if len(row) != 1 else ''}, the header has "
-                       f"{n_fields} ({', '.join(repr(h) for h in header)})")
-        elif len(row) > n_fields:
-            problem = (f"{len(row)} fields, the header has {n_fields}: an unquoted tab inside "
-                       "a sentence?")
-        elif (b := _bad_bytes(row)) is not None:
-            problem = f"bytes that are not UTF-8 (byte {b})"
+    for line, _, row, problem in records:
+        problem = problem or _row_shape_problem(row, header)
         if problem is None:
-            ex_id = row[pos["id"]].strip()
-            sents = [row[pos[c]].lower().strip() for c in text_cols]
-            label = None
-            if not ex_id:
-                problem = "the id is empty"
-            elif (empty := [c for c, s in zip(text_cols, sents) if not s]):
-                problem = f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
-            elif ex_id in first_line_of:
-                problem = f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
-            elif label_col is not None:
-                label, problem = _parse_label(task, row[pos[label_col]])
+            ex_id, sents, label, problem = _parse_row(row, pos, task, labeled, first_line_of)
         if problem is not None:
             if not skip_bad_rows:
-                hint = _NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)" \
-                    if problem.startswith("bytes") else SKIP_HINT
+                hint = (_NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)"
+                        if problem.startswith("bytes") else SKIP_HINT)
                 raise data_error(path, line, problem, hint)
             skipped.append((line, problem))
             continue
@@ -270,32 +341,18 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
         lines.append(line)
         for col, s in zip(texts, sents):
             col.append(s)
-        if label_col is not None:
-            labels.append(label)
-
+        labels.append(label)
     if not ids:
         if skipped:
             raise data_error(path, None, f"no usable rows: all {len(skipped)} rows are bad (first: "
                        f"line {skipped[0][0]}: {skipped[0][1]})", "Check the file and its task")
         raise data_error(path, None, "no rows (only a header)", "Pass a file with at least one row")
-
-    columns: dict[str, list] = {"id": ids, "sentence1": texts[0]}
-    features = {"id": datasets.Value("string"), "sentence1": datasets.Value("string")}
-    if len(text_cols) == 2:
-        columns["sentence2"] = texts[1]
-        features["sentence2"] = datasets.Value("string")
-    if label_col is not None:
-        columns["label"] = labels
-        features["label"] = datasets.Value("float32" if task == "sts" else "int64")
-    columns["line"] = lines
-    features["line"] = datasets.Value("int64")
-    ds = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     if skipped:
         shown = ", ".join(str(line) for line, _ in skipped[:10])
         logger.warning("%s: skipped %d bad row%s (line%s %s%s)", path, len(skipped),
                        "s" if len(skipped) > 1 else "", "s" if len(skipped) > 1 else "", shown,
                        ", ..." if len(skipped) > 10 else "")
-    return ds, skipped
+    return _to_dataset(task, labeled, ids, texts, labels, lines), skipped
 
 
 def load_split(path: str | os.PathLike, task: str, *, labeled: bool = True,
@@ -313,12 +370,19 @@ def load_split(path: str | os.PathLike, task: str, *, labeled: bool = True,
 
 
 
-def read_ids(path: str | os.PathLike) -> list[str]:
-    """Every row's id, in file order, as `csv.DictReader` reads the file (no validation): what a
-    prediction file must cover, bad rows included."""
+def read_id_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """(line, id) of every row, in file order, one per line as `load_split` reads it (a row
+    with an unbalanced quote is its own row; no other validation): what a prediction file
+    must account for, bad rows included."""
     path = Path(path)
-    header, records = _iter_records(path, _read_text(path))
+    header, records = iter_records(path, _read_text(path))
     pos = {name: i for i, name in enumerate(header or [])}
     if "id" not in pos:
         raise data_error(path, 1, "no id column", "Pass a CS224N file of this task")
-    return [row[pos["id"]].strip() if len(row) > pos["id"] else "" for _, _, row in records]
+    return [(line, row[pos["id"]].strip() if len(row) > pos["id"] else "")
+            for line, _, row, _ in records]
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """Every row's id, in file order (see `read_id_lines`)."""
+    return [ex_id for _, ex_id in read_id_lines(path)]

@@ -1,16 +1,23 @@
-"""Predict with a trained model: `python -m bert_jax.predict CKPT --task sst|para|sts --input FILE`.
+"""Predict with a trained model: `python -m bert_jax.predict RUN --task sst|para|sts --input FILE`.
 
-Input forms (detected from the first line):
-- a CS224N file: a header naming `id` and the task's sentence columns (`sentence` for sst,
-  `sentence1` and `sentence2` for para/sts), tab- or comma-separated; other columns (labels,
-  the unnamed index) are ignored;
-- plain lines: one sentence per line for sst, two tab-separated sentences per line for para/sts
-  (blank lines are skipped);
+Input forms (`--format`, default auto):
+- table: a CS224N file: a header naming `id` and the task's sentence columns (`sentence` for
+  sst, `sentence1` and `sentence2` for para/sts), tab- or comma-separated; other columns
+  (labels, the unnamed index) are ignored; a row with an unbalanced double quote, or with more
+  or fewer fields than the header, is an error naming its line (every id gets its prediction,
+  or none);
+- lines: one sentence per line for sst, two tab-separated sentences per line for para/sts
+  (blank lines are skipped; no header);
+- auto: a table when the first non-blank line has two or more fields (split at tabs, else at
+  commas) and one of them is a CS224N column name (`id`, `sentence`, `sentence1`, ...); lines
+  otherwise. So a first line of one field (`sentence`) is a sentence; a plain first line that
+  looks like a header (`sentence1<TAB>sentence2`) needs `--format lines`;
 - `--input -` reads either form from stdin.
 
 Output (stdout, or --output FILE): CSV with `id` (or `line`, the 1-based input line number for
 plain lines) and `prediction` (sst class 0..4, para 0/1, sts score), plus `p0`..`p4` for sst and
-`probability` for para. Exit status 2 for a bad checkpoint or input, with a message.
+`probability` for para. FILE is a new file or an earlier prediction file of this tool; any other
+file only with --overwrite; never the input, nor a file inside a run or data folder. Exit status 2 for a bad checkpoint or input, with a message.
 """
 from __future__ import annotations
 
@@ -26,15 +33,22 @@ import numpy as np
 
 from bert_jax.api import MultitaskModel
 from bert_jax.checkpoints import CheckpointError
-from bert_jax.cli import positive_int, prog
+from bert_jax.cli import output_file, positive_int, prog
+from bert_jax.cs224n import DataError, iter_records
 from bert_jax.errors import BertJaxError, MissingFileError
 from bert_jax.export import HEADS_CONFIG, is_export
+from bert_jax.outputs import OutputFile, check_output_file, check_writable_folder
 from bert_jax.pretrained import is_default_name
 
 TASK_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
                 "sts": ("sentence1", "sentence2")}
 _KNOWN_COLUMNS = {"id", "sentence", "sentence1", "sentence2", "sentiment", "is_duplicate",
                   "similarity"}
+
+
+# An earlier --output of this tool starts with its header (replaced without --overwrite).
+PREDICTIONS = OutputFile("bert_jax.predict --output", lambda head: head.startswith(
+    ("id,prediction", "line,prediction")))
 
 
 class InputError(BertJaxError, ValueError):
@@ -46,9 +60,10 @@ def _looks_like_header(fields: list[str]) -> bool:
         {f.strip() for f in fields} & (_KNOWN_COLUMNS - {"id"}))
 
 
-def parse_input(text: str, task: str, source: str = "input"
+def parse_input(text: str, task: str, source: str = "input", form: str = "auto"
                 ) -> tuple[str, list[str], list[list[str]]]:
-    """(id column name, ids, sentence columns) from the text of an input file.
+    """(id column name, ids, sentence columns) from the text of an input file, read as `form`
+    ("table", "lines", or "auto": see the module's docstring).
 
     ids: one string per example ("id" from a CS224N header, else "line" numbers); columns: one
     list of sentences (sst) or two (para, sts), each as long as ids. Raises InputError.
@@ -62,21 +77,28 @@ def parse_input(text: str, task: str, source: str = "input"
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise InputError(f"{source}: empty input: no sentences")
-    for delimiter in ("\t", ","):
-        header = next(csv.reader([first], delimiter=delimiter))
-        if not _looks_like_header(header):
+    for delimiter in ("\t", ",") if form != "lines" else ():
+        try:
+            header = next(csv.reader([first], delimiter=delimiter))
+        except csv.Error:  # a field over csv's size limit: no header
+            header = [first]
+        if form == "auto" and (len(header) < 2 or not _looks_like_header(header)):
             continue
         names = [h.strip() for h in header]
         missing = [c for c in ("id",) + want if c not in names]
         if missing:
-            if delimiter == "," and "\t" in first:
-                continue
+            if delimiter == "\t" and "\t" not in first or delimiter == "," and "\t" in first:
+                continue  # a table's separator: the tab when the first line has one
             raise InputError(
                 f"{source}: the header has no column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(missing)} (task {task!r} needs id, {', '.join(want)}; the header "
                 f"has {', '.join(repr(h) for h in names)}). Use the CS224N file of this task, or "
-                "plain lines without a header")
+                "pass --format lines if that first line is a sentence")
         return "id", *_read_table(text, delimiter, want, source)
+    if form == "table":
+        raise InputError(f"{source}: --format table, but the first line has no header naming "
+                         f"id, {', '.join(want)}. Use the CS224N file of this task, or pass "
+                         "--format lines")
     ids, columns = [], [[] for _ in want]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -96,22 +118,33 @@ def parse_input(text: str, task: str, source: str = "input"
 
 
 def _read_table(text: str, delimiter: str, want: tuple[str, ...], source: str):
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    reader.fieldnames = [h.strip() for h in reader.fieldnames]
-    ids, columns = [], [[] for _ in want]
+    """(ids, sentence columns) of a table with a header, read as the CS224N loader reads a file
+    (`iter_records`): a row with an unbalanced quote, or with more or fewer fields than the
+    header, is an InputError naming its line (never merged with others, never cut short)."""
     try:
-        for row in reader:
-            values = [row.get(c) for c in ("id",) + want]
-            if any(v is None for v in values):
-                raise InputError(f"{source}, line {reader.line_num}: too few fields for the "
-                                 f"header ({', '.join(reader.fieldnames)})")
+        header, records = iter_records(Path(source), text, delimiter)
+        names = [h.strip() for h in header]
+        pos = {name: i for i, name in enumerate(names)}  # a repeated name: its last position
+        ids, columns = [], [[] for _ in want]
+        for line, _, row, problem in records:
+            where = f"{source}, line {line}"
+            if problem:
+                raise InputError(f"{where}: {problem}. Fix that row (its quoting, or its "
+                                 "length), or remove it")
+            if len(row) != len(names):
+                raise InputError(
+                    f"{where}: {len(row)} field{'s' if len(row) != 1 else ''}, the header has "
+                    f"{len(names)} ({', '.join(names)}): "
+                    + ("a separator inside a sentence? Quote that sentence"
+                       if len(row) > len(names) else "too few fields for the header"))
+            values = [row[pos[c]] for c in ("id",) + want]
             if any(not v.strip() for v in values):
-                raise InputError(f"{source}, line {reader.line_num}: empty id or sentence")
+                raise InputError(f"{where}: empty id or sentence")
             ids.append(values[0].strip())
             for col, v in zip(columns, values[1:]):
                 col.append(v)
-    except csv.Error as err:
-        raise InputError(f"{source}, line {reader.line_num}: cannot parse ({err})") from None
+    except DataError as err:  # a row csv cannot parse
+        raise InputError(str(err)) from None
     if not ids:
         raise InputError(f"{source}: a header but no rows")
     return ids, columns
@@ -164,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog("bert_jax.predict"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt", metavar="CKPT",
+    parser.add_argument("ckpt", metavar="RUN",
                         help="a run folder of `python -m train.multitask` (e.g. "
                              "checkpoints/concat), or 'all-MiniLM-L6-v2' / a converted model "
                              "folder (untrained heads: only sts with the cosine head is "
@@ -173,13 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sst: sentiment 0..4; para: paraphrase 0/1; sts: similarity 0..5")
     parser.add_argument("--input", required=True, metavar="FILE",
                         help="CS224N CSV/TSV, or plain lines; '-' reads stdin")
-    parser.add_argument("--output", metavar="FILE", help="write the CSV here (default stdout)")
+    parser.add_argument("--format", choices=("auto", "table", "lines"), default="auto",
+                        help="the input's form: a CS224N table with a header, plain lines "
+                             "(no header), or auto: a table when the first line has two or "
+                             "more tab- or comma-separated fields, one a CS224N column name "
+                             "(default auto)")
+    parser.add_argument("--output", metavar="FILE", type=output_file,
+                        help="write the CSV here (default stdout)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output file that is not an earlier "
+                             "prediction file of this tool (never one inside a run or data "
+                             "folder, nor the input)")
     parser.add_argument("--which", choices=("best", "last"), default="best",
                         help="checkpoint of a run folder (default best)")
     parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="examples per batch (default 32)")
     parser.add_argument("--max-length", type=positive_int, default=None,
-                        help="tokens per sentence (default: the run's training max_length, "
+                        help="tokens per sentence (default the run's training max_length, "
                              "else 128)")
     return parser
 
@@ -204,12 +247,16 @@ def main(argv=None) -> int:
                 raw = path.read_bytes()
             except OSError as err:  # unreadable: permissions, a folder, ...
                 raise InputError(f"{path}: cannot read it ({err.strerror})") from None
+        if args.output:
+            check_output_file(args.output, PREDICTIONS, overwrite=args.overwrite,
+                              protected=[] if args.input == "-" else [args.input])
+            check_writable_folder(Path(args.output).parent, "--output", args.output)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise InputError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start}). "
                              "Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-        id_name, ids, columns = parse_input(text, args.task, source)
+        id_name, ids, columns = parse_input(text, args.task, source, args.format)
         kwargs = {"batch_size": args.batch_size}
         if args.max_length:
             kwargs["max_length"] = args.max_length
@@ -234,7 +281,10 @@ def main(argv=None) -> int:
             except OSError as err:  # permissions, a full disk, a folder in the way
                 raise InputError(f"--output {out}: cannot write it ({err.strerror})") from None
             finally:
-                tmp.unlink(missing_ok=True)
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:  # never created: a folder that cannot be written
+                    pass
             print(f"wrote {len(ids)} predictions to {out.resolve()}", file=sys.stderr)
         else:
             write_csv(sys.stdout, id_name, ids, args.task, outputs)

@@ -20,6 +20,8 @@ from hypothesis import settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("bert_jax") is None:  # not pip-installed: test the checkout
     sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT) not in sys.path:  # benchmarks/ is never installed: it runs from the checkout
+    sys.path.append(str(REPO_ROOT))
 
 # Where the data is looked for, in order: $BERT_JAX_DATA, the README's ./data, ../shared/data.
 DATA_CANDIDATES = [Path(p) for p in [os.environ.get("BERT_JAX_DATA")] if p] + [
@@ -67,6 +69,19 @@ def data_dir() -> Path:
             return folder
     missing("no CS224N data: put the files in ./data (or ../shared/data), or set BERT_JAX_DATA "
             "to their folder; tried " + ", ".join(str(p) for p in DATA_CANDIDATES))
+
+
+@pytest.fixture(autouse=True)
+def root_log_handlers():
+    """Each test ends with the root logger's handlers it started with: a tool's `main` installs
+    one on the stream `sys.stderr` is at that moment (`logging.basicConfig(force=True)`), which
+    under capsys is a capture that closes with the test."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,19 +139,19 @@ def varied_run(tmp_path_factory, tiny_run, data_dir) -> Path:
     import shutil
     import jax
     import numpy as np
-    from bert_jax import data as data_lib
+    from bert_jax.data import load_task
     from bert_jax.checkpoints import load_run
     from bert_jax.heads import MultitaskBert
     from bert_jax.tokenizer import Tokenizer
-    from train.evaluate import Evaluator
-    from train.step import make_mesh
+    from bert_jax.evaluation import Evaluator
+    from train.sharding import make_mesh
     out = tmp_path_factory.mktemp("varied_run") / "run"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("predictions"))
     run = load_run(out)
     params = jax.device_get(run.params)
-    pairs = data_lib.load_task(data_dir / "quora-dev.csv", "para", "dev",
-                               Tokenizer(run.vocab_file), max_length=32, limit=24,
-                               skip_bad_rows=True)
+    pairs = load_task(data_dir / "quora-dev.csv", "para", "dev",
+                      Tokenizer(run.vocab_file), max_length=32, limit=24,
+                      skip_bad_rows=True)
     para = params["para_classifier"]
     params["para_classifier"] = {"kernel": np.asarray(para["kernel"]),
                                  "bias": np.zeros_like(para["bias"])}

@@ -178,3 +178,20 @@ def test_report_rows_are_the_models_mistakes_ranked(varied_run, data_dir, tmp_pa
     assert fp and [r[1] for r in got] == [ids[k] for k in fp]
     assert [r[0] for r in got] == [f"{prob[k]:.3f}" for k in fp]
     assert json.loads((tmp_path / "eval" / "scores.json").read_text())["limit"] == 24
+
+
+def test_out_never_lands_on_a_file_it_did_not_write(tiny_run, data_dir, tmp_path, capsys):
+    """--out onto the dev file it reads (even with --overwrite), onto a run's own file, or onto
+    a file of the user's without --overwrite: refused, the file unchanged."""
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns("*train*"))
+    mine = tmp_path / "mine.md"
+    mine.write_text("my notes\n")
+    cases = [(data / "sts-dev.csv", []), (mine, []), (data / "sts-dev.csv", ["--overwrite"]),
+             (tiny_run / "metrics.jsonl", ["--overwrite"])]
+    for target, extra in cases:
+        before = target.read_bytes()
+        code = main([str(tiny_run), "--data-dir", str(data), "--tasks", "sts", "--limit", "4",
+                     "--top", "1", "--no-progress", "--out", str(target), *extra])
+        assert code == 2 and str(target) in capsys.readouterr().err
+        assert target.read_bytes() == before

@@ -1,12 +1,17 @@
 """Run checkpoints: atomic saves, damaged folders named and skipped, restore without a target."""
 from __future__ import annotations
 
+import sys
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax.api import MultitaskModel
 from bert_jax.checkpoints import CheckpointError, RunCheckpoints
+from bert_jax.errors import ConfigError
 
 
 def state(value: float):
@@ -222,3 +227,71 @@ def test_a_checkpoint_saved_on_more_devices_loads_on_one(tmp_path):
     assert step == 4 and meta == {"step": 4}
     np.testing.assert_array_equal(np.asarray(restored["params"]["w"]),
                                   np.arange(6.0).reshape(3, 2))
+
+
+def test_load_refuses_an_unknown_which(tiny_run):
+    """which="lats" is refused naming the valid values, never read as "best"."""
+    with pytest.raises(ConfigError, match="which='lats'.*'best'.*'last'"):
+        MultitaskModel.load(tiny_run, which="lats")
+
+
+def test_a_full_disk_during_a_save_is_one_error_naming_the_folder_and_step(tmp_path, monkeypatch,
+                                                                          caplog):
+    """Orbax writes arrays through tensorstore, which reports a full disk as a ValueError
+    "RESOURCE_EXHAUSTED: ... No space left on device" (the text below is what a save into a full
+    2 MB tmpfs gave): one CheckpointError naming the folder and the step, not the device's
+    memory; no half-written folder left; the previous checkpoint intact."""
+    from orbax.checkpoint._src.serialization import type_handlers
+    ckpts = RunCheckpoints(tmp_path)
+    ckpts.save(1, {"w": np.full((3, 2), 1.0, np.float32)}, {"step": 1})
+    written = tmp_path / "last" / "2.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp"
+
+    async def disk_full(self, value, tspec, ts_context):
+        assert written.is_dir()  # orbax has begun the step's temporary folder
+        raise ValueError(
+            f'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "{written}/'
+            f'ocdbt.process_0/": Failed writing: "{written}/ocdbt.process_0/d/1a9b": Failed to '
+            "write 1543339 bytes to file 14: No space left on device [os_error_code='28']")
+    monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", disk_full)
+    reported = []  # what Python reports as unraisable (tensorstore's late callbacks)
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with pytest.raises(CheckpointError) as err:
+        ckpts.save(2, {"w": np.full((3, 2), 2.0, np.float32)}, {"step": 2})
+    # writes still in flight when one failed wake orbax's closed event loop: not reported
+    sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed")))
+    sys.unraisablehook(other := types.SimpleNamespace(exc_value=RuntimeError("other")))
+    assert reported == [other]
+    message = str(err.value)
+    assert message.startswith(f"{(tmp_path / 'last').resolve()}: could not write the checkpoint "
+                              "of step 2 (No space left on device)")
+    assert "memory" not in message and "RESOURCE_EXHAUSTED" not in message
+    assert "\n" not in message and "--resume" in message
+    assert not any("raised an exception" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in (tmp_path / "last").iterdir()] == ["1"]
+    monkeypatch.undo()
+    restored, meta, step = RunCheckpoints(tmp_path, read_only=True).restore(None)
+    assert step == 1 and meta == {"step": 1} and float(restored["w"][0, 0]) == 1.0
+
+
+def test_a_full_disk_while_converting_is_one_error_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                      caplog):
+    """save_converted (orbax's StandardCheckpointer, through tensorstore) on a full disk: one
+    OutputWriteError naming OUT, no orbax thread tracebacks in the log, no temporary folder."""
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    from bert_jax.config import PRESETS
+    from bert_jax.converted import save_converted
+    from bert_jax.embedded import embedded_model_dir
+    from bert_jax.errors import OutputWriteError
+    from bert_jax.model import init_params
+
+    async def disk_full(self, value, tspec, ts_context):
+        raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "embeddings/0.0" in OCDBT database '
+                         f'at local file "{tmp_path}/": Failed to write 1543339 bytes to file '
+                         "14: No space left on device [os_error_code='28']")
+    monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", disk_full)
+    with pytest.raises(OutputWriteError, match=r"out: cannot write it \(No space left on device\)"):
+        save_converted(tmp_path / "out", init_params(PRESETS["tiny"], jax.random.PRNGKey(0)),
+                       PRESETS["tiny"], embedded_model_dir() / "vocab.txt")
+    assert list(tmp_path.iterdir()) == []
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text

@@ -68,3 +68,24 @@ def test_cli_json(runs, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["sst_acc"] for r in out["runs"]] == [0.40, 0.48, 0.41]
     assert out["mean_std"]["sst_acc"][0] == pytest.approx(statistics.mean([0.40, 0.48, 0.41]))
+
+
+def test_out_never_replaces_a_file_it_did_not_write(runs, tmp_path, capsys):
+    """--out onto a run's own file is refused even with --overwrite; another existing file only
+    with --overwrite; an earlier output of train.compare is replaced."""
+    log = runs[0] / "metrics.jsonl"
+    before = log.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main([str(runs[0]), "--out", str(log), *extra]) == 2
+        assert "inside a training run folder" in capsys.readouterr().err
+        assert log.read_bytes() == before
+    notes = tmp_path / "notes.md"
+    notes.write_text("mine\n")
+    assert main([str(runs[0]), "--out", str(notes)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and notes.read_text() == "mine\n"
+    table_file = tmp_path / "table.md"
+    assert main([str(r) for r in runs] + ["--out", str(table_file)]) == 0
+    assert main([str(runs[0]), "--json", "--out", str(table_file)]) == 0  # its own: replaced
+    assert main([str(runs[1]), "--out", str(table_file)]) == 0
+    assert main([str(runs[0]), "--out", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith("| run | seed |")

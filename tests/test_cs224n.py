@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bert_jax import cs224n
-from bert_jax import data as D
 from csv_files import HEADERS, SKIP_HINT, good_sst, raises, sst_file, write_tsv
 
 
@@ -47,8 +46,8 @@ def _dictreader(path):
 
 @pytest.mark.parametrize("name,task,labeled,count", FILES, ids=[f[0] for f in FILES])
 def test_load_matches_readme_and_dictreader(data_dir, name, task, labeled, count):
-    ds, skipped = D.load_split_with_report(data_dir / name, task, labeled=labeled,
-                                           skip_bad_rows=True)
+    ds, skipped = cs224n.load_split_with_report(data_dir / name, task, labeled=labeled,
+                                                skip_bad_rows=True)
     assert [line for line, _ in skipped] == KNOWN_BAD.get(name, [])
     assert len(ds) + len(skipped) == count
     got = ds[:]
@@ -82,54 +81,54 @@ def test_load_matches_readme_and_dictreader(data_dir, name, task, labeled, count
 
 
 def test_quora_dev_strict_load_names_the_first_bad_row(data_dir):
-    with pytest.raises(D.DataError, match=r"quora-dev\.csv, line 2577: is_duplicate is empty.*"
-                                          r"skip_bad_rows"):
-        D.load_split(data_dir / "quora-dev.csv", "para")
+    with pytest.raises(cs224n.DataError,
+                       match=r"quora-dev\.csv, line 2577: is_duplicate is empty.*skip_bad_rows"):
+        cs224n.load_split(data_dir / "quora-dev.csv", "para")
 
 
 def test_sst_test_student_malformed_header(data_dir):
     with open(data_dir / "ids-sst-test-student.csv", encoding="utf-8") as f:
         assert f.readline().rstrip("\n").split("\t") == ["0", "", "id", "sentence"]
-    ds = D.load_split(data_dir / "ids-sst-test-student.csv", "sst", labeled=False)
+    ds = cs224n.load_split(data_dir / "ids-sst-test-student.csv", "sst", labeled=False)
     assert ds.column_names == ["id", "sentence1", "line"]
     assert ds[0] == {"id": "b7573736a6ddf7be102b7fee0",
                      "sentence1": "effective but too-tepid biopic", "line": 2}
     assert all(re.fullmatch(r"[0-9a-f]{25}", i) for i in ds["id"])
     assert not any(re.fullmatch(r"\d+(\.0)?", s) for s in ds["sentence1"])
     # labeled=True on a test file: the error says what to do
-    with pytest.raises(D.DataError, match=r"line 1: missing column sentiment.*labeled=False"):
-        D.load_split(data_dir / "ids-sst-test-student.csv", "sst")
+    with pytest.raises(cs224n.DataError, match=r"line 1: missing column sentiment.*labeled=False"):
+        cs224n.load_split(data_dir / "ids-sst-test-student.csv", "sst")
 
 
 def test_default_files():
-    assert D.default_file("sst", "test") == "ids-sst-test-student.csv"
-    assert D.default_file("para", "dev") == "quora-dev.csv"
-    assert D.default_file("para", "test") is None
-    assert D.default_file("sts", "train") == "sts-train.csv"
+    assert cs224n.default_file("sst", "test") == "ids-sst-test-student.csv"
+    assert cs224n.default_file("para", "dev") == "quora-dev.csv"
+    assert cs224n.default_file("para", "test") is None
+    assert cs224n.default_file("sts", "train") == "sts-train.csv"
     with pytest.raises(ValueError):
-        D.default_file("nli", "train")
+        cs224n.default_file("nli", "train")
     with pytest.raises(ValueError):
-        D.default_file("sst", "validation")
+        cs224n.default_file("sst", "validation")
 
 
 def test_find_data_dir(tmp_path, monkeypatch):
-    assert D.find_data_dir(tmp_path) == tmp_path
-    with pytest.raises(D.DataError, match="--data-dir"):
-        D.find_data_dir(tmp_path / "nope")
+    assert cs224n.find_data_dir(tmp_path) == tmp_path
+    with pytest.raises(cs224n.DataError, match="--data-dir"):
+        cs224n.find_data_dir(tmp_path / "nope")
     work = tmp_path / "repo"
     work.mkdir()
     monkeypatch.chdir(work)
-    with pytest.raises(D.DataError, match="--data-dir"):
-        D.find_data_dir()
+    with pytest.raises(cs224n.DataError, match="--data-dir"):
+        cs224n.find_data_dir()
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    assert D.find_data_dir().resolve() == (tmp_path / "shared" / "data").resolve()
+    assert cs224n.find_data_dir().resolve() == (tmp_path / "shared" / "data").resolve()
     (work / "data").mkdir()
-    assert D.find_data_dir() == D.Path("data")
+    assert cs224n.find_data_dir() == Path("data")
 
 
 def test_skipped_rows_are_logged(data_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        D.load_split(data_dir / "quora-dev.csv", "para", skip_bad_rows=True)
+        cs224n.load_split(data_dir / "quora-dev.csv", "para", skip_bad_rows=True)
     assert "skipped 2 bad rows (lines 2577, 14222)" in caplog.text
 
 
@@ -146,7 +145,7 @@ def test_missing_columns(tmp_path):
     p = write_tsv(tmp_path / "sts-test.csv", ["", "id", "sentence1", "sentence2"],
                   [("a", "x", "y")])
     raises(p, "sts", line=1, match="missing column similarity", hint="labeled=False")
-    assert len(D.load_split(p, "sts", labeled=False)) == 1
+    assert len(cs224n.load_split(p, "sts", labeled=False)) == 1
     p = write_tsv(tmp_path / "pair.csv", HEADERS["sst"], good_sst())
     raises(p, "para", line=1, match="missing columns sentence1, sentence2, is_duplicate",
            hint="belongs to this task")
@@ -205,7 +204,7 @@ def test_not_utf8(tmp_path):
     p.write_bytes(text.encode("latin-1"))
     msg = raises(p, line=4, match="bytes that are not UTF-8 (byte 0xe9)", hint="iconv")
     assert SKIP_HINT in msg
-    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
     assert len(ds) == 2 and [line for line, _ in skipped] == [4]
     h = tmp_path / "header.csv"
     h.write_bytes("\tid\tsent\xe9nce\tsentiment\n0\ta\tfine\t1\n".encode("latin-1"))
@@ -215,7 +214,8 @@ def test_not_utf8(tmp_path):
 def test_utf8_bom_is_ignored(tmp_path):
     p = tmp_path / "bom.csv"
     p.write_bytes(b"\xef\xbb\xbfid\tsentence\tsentiment\na\tfine\t1\n")
-    assert D.load_split(p, "sst")[0] == {"id": "a", "sentence1": "fine", "label": 1, "line": 2}
+    assert cs224n.load_split(p, "sst")[0] == {"id": "a", "sentence1": "fine", "label": 1,
+                                              "line": 2}
 
 
 def test_empty_files(tmp_path):
@@ -236,12 +236,12 @@ def test_wrong_number_of_fields(tmp_path):
 
 
 def test_line_numbers_follow_multiline_records(tmp_path):
-    # A quoted field spanning lines is the sign of an unbalanced quote: the record is a bad row
-    # naming every line it swallowed, and the line numbers after it stay right.
+    # A quoted field spanning lines is the sign of an unbalanced quote: its first line is a bad
+    # row, each line after it is read as its own row, and the line numbers after it stay right.
     rows = [("a", "one\nline two\nline three", "1"), ("b", "fine", "2"), ("c", "", "3")]
     p = sst_file(tmp_path, rows)
-    raises(p, line=2, match="lines 2-4 were read as one row")  # header 1, record a 2-4, b 5, c 6
-    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    raises(p, line=2, match="an unbalanced double quote")  # header 1, a 2-4, b 5, c 6
+    ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
     assert ds["line"][:] == [5] and ds["id"][:] == ["b"]
     assert [line for line, _ in skipped] == [2, 3, 4, 6]
     p = tmp_path / "blank.csv"  # blank lines are skipped, as csv.DictReader does
@@ -250,33 +250,42 @@ def test_line_numbers_follow_multiline_records(tmp_path):
 
 
 @pytest.mark.parametrize("opened_at", [3, 20])
-def test_an_unbalanced_quote_names_every_row_it_swallows(tmp_path, caplog, opened_at):
-    """A quote opened in one row and closed rows later (or never) merges those rows into one
-    sentence: each swallowed line is named and counted, never loaded as a sentence."""
+def test_an_unbalanced_quote_swallows_no_row(tmp_path, caplog, opened_at):
+    """A quote opened in one row and closed rows later (or never) would merge those rows into
+    one sentence: the row that opens it is a bad row, named and counted; every row after it is
+    read as its own row (ids, sentences, labels as written), and `read_ids` has every id."""
     n = 25
     lines = ["\tid\tsentence\tsentiment"]
+    expected = []
     for i in range(n):
         text = f"sentence {i}" if i != opened_at - 2 else f'"sentence {i} with an open quote'
         if i == opened_at + 1 and opened_at == 3:
             text = f'sentence {i} closes it"'  # closed three rows later
         lines.append(f"{i}\tid{i}\t{text}\t{i % 5}")
+        if i != opened_at - 2:
+            expected.append((f"id{i}", text.lower(), i % 5, i + 2))
     p = tmp_path / "quotes.csv"
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    raises(p, line=opened_at, match="were read as one row")
+    raises(p, line=opened_at, match="an unbalanced double quote")
     with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
-    last = opened_at + 3 if opened_at == 3 else n + 1
-    merged = list(range(opened_at, last + 1))
-    assert [line for line, _ in skipped] == merged
-    assert len(ds) == n - len(merged)
-    assert not any("\n" in s or "\t" in s for s in ds["sentence1"][:])
-    assert f"skipped {len(merged)} bad rows" in caplog.text
+        ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert [line for line, _ in skipped] == [opened_at]
+    got = list(zip(ds["id"][:], ds["sentence1"][:], ds["label"][:], ds["line"][:]))
+    assert got == expected
+    assert "skipped 1 bad row (line " + str(opened_at) + ")" in caplog.text
+    assert cs224n.read_ids(p) == [f"id{i}" for i in range(n)]
+
+
+def test_a_quote_that_spans_the_header_is_one_error(tmp_path):
+    p = tmp_path / "header.csv"
+    p.write_text('\tid\t"sentence\tsentiment\n0\ta\tfine"\t1\n', encoding="utf-8")
+    raises(p, line=1, match="the header line an unbalanced double quote", hint="header")
 
 
 def test_duplicate_ids_are_bad_rows(tmp_path):
     p = sst_file(tmp_path, [("a", "one", "1"), ("b", "two", "2"), ("a", "three", "3")])
     raises(p, line=4, match="duplicate id 'a' (first on line 2)")
-    ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+    ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
     assert ds["id"][:] == ["a", "b"] and [line for line, _ in skipped] == [4]
 
 
@@ -294,14 +303,14 @@ def test_skip_bad_rows_skips_and_counts(tmp_path, caplog):
         b"7\th\tGood Two \t4\n")        # 9 ok
     raises(p, line=3)
     with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
-        ds, skipped = D.load_split_with_report(p, "sst", skip_bad_rows=True)
+        ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
     assert ds[:] == {"id": ["a", "h"], "sentence1": ["good one", "good two"], "label": [0, 4],
                      "line": [2, 9]}
     assert [line for line, _ in skipped] == [3, 4, 5, 6, 7, 8]
     assert [r.split(" ")[0] for _, r in skipped] == ["sentence", "sentiment", "sentiment", "3",
                                                      "bytes", "sentiment"]
     assert "mixed.csv: skipped 6 bad rows (lines 3, 4, 5, 6, 7, 8)" in caplog.text
-    assert len(D.load_split(p, "sst", skip_bad_rows=True)) == 2
+    assert len(cs224n.load_split(p, "sst", skip_bad_rows=True)) == 2
     # every row bad: still an error
     p = sst_file(tmp_path, [("a", "", "1"), ("b", "x", "9")], "allbad.csv")
     raises(p, match="no usable rows: all 2 rows are bad", hint=None, skip_bad_rows=True)
@@ -351,7 +360,7 @@ def _expected_label(task, value):
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(task=st.sampled_from(D.TASKS), labeled=st.booleans(),
+@given(task=st.sampled_from(cs224n.TASKS), labeled=st.booleans(),
        rows=st.lists(st.tuples(_TEXT, _TEXT, _TEXT, _LABELS), min_size=1, max_size=6))
 def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
     header = HEADERS[task] if labeled else HEADERS[task][:-1]
@@ -376,8 +385,8 @@ def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
             good = [e for e in expected if e[0]]
             must_fail = not good if skip else not all(e[0] for e in expected)
             try:
-                ds = D.load_split(path, task, labeled=labeled, skip_bad_rows=skip)
-            except D.DataError as e:
+                ds = cs224n.load_split(path, task, labeled=labeled, skip_bad_rows=skip)
+            except cs224n.DataError as e:
                 event(f"skip={skip}: DataError")
                 assert must_fail, f"unexpected DataError: {e}"
                 assert "random.csv" in str(e)
@@ -404,3 +413,24 @@ def test_random_rows_load_exactly_or_raise_data_error(task, labeled, rows):
                     break
                 starts.append(start)
             assert got["line"] == [s for s, e in zip(starts, expected) if e[0]]
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_field_over_the_csv_limit_is_one_bad_row(tmp_path, caplog, quoted):
+    """A 150,000-character sentence (csv's field limit is 131,072) is a bad row named by its
+    line, like any other: the rows around it load, and `read_ids` still has its id."""
+    assert csv.field_size_limit() < 150_000
+    rows = good_sst(4)
+    long = "x" * 150_000
+    rows[1] = ("id1", f'"{long}"' if quoted else long, "2")
+    p = tmp_path / "long.csv"
+    p.write_text("\tid\tsentence\tsentiment\n"
+                 + "".join(f"{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(rows)))
+    raises(p, line=3, match="cannot parse the row (field larger than field limit (131072)): "
+                            "a field longer than 131072 characters")
+    with caplog.at_level(logging.WARNING, logger="bert_jax.data"):
+        ds, skipped = cs224n.load_split_with_report(p, "sst", skip_bad_rows=True)
+    assert [line for line, _ in skipped] == [3]
+    assert list(ds["id"][:]) == ["id0", "id2", "id3"] and list(ds["line"][:]) == [2, 4, 5]
+    assert "skipped 1 bad row (line 3)" in caplog.text
+    assert cs224n.read_ids(p) == ["id0", "id1", "id2", "id3"]

@@ -38,16 +38,18 @@ def _head(src, dst, lines):
 
 
 @pytest.mark.slow
-def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_path):
-    """Rows without a label are predicted from their text; a row without text gets the
-    fallback prediction; scores use the labeled rows only."""
+def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_path, capsys):
+    """Each file is read once: a dev file's bad rows (no label, no text) are left out of its
+    prediction file and of the scores and named in one line and in scores.json, with the
+    count training gives; every other id is there in file order. A bad row in a test file
+    (the file that is submitted) stops the evaluation before anything is written."""
     import csv
-    from bert_jax import data as data_lib
+    from bert_jax.cs224n import TASKS, default_file
     small = tmp_path / "data"
     small.mkdir()
-    for task in data_lib.TASKS:
+    for task in TASKS:
         for split in ("dev", "test"):
-            name = data_lib.default_file(task, split)
+            name = default_file(task, split)
             if name:
                 _head(data_dir / name, small / name, 21)
     with (small / "quora-dev.csv").open("a", encoding="utf-8") as f:
@@ -55,23 +57,29 @@ def test_prediction_files_hold_every_id_of_their_input(tiny_run, data_dir, tmp_p
         f.write("21\tnotext\twhat is this?\t\t\n")
     out = tmp_path / "predictions"
     scores = evaluate.evaluate_run(tiny_run, out, data_dir=str(small), progress=False)
-    for task in data_lib.TASKS:
+    for task in TASKS:
         for split in ("dev", "test"):
-            name = data_lib.default_file(task, split)
+            name = default_file(task, split)
             if not name:
                 continue
             with (small / name).open(newline="", encoding="utf-8") as f:
                 want = [r["id"].strip() for r in csv.DictReader(f, delimiter="\t")]
+            if name == "quora-dev.csv":
+                want = want[:-2]
             lines = (out / f"{task}-{split}-output.csv").read_text().splitlines()[1:]
             got = [line.split(" , ")[0] for line in lines]
             assert got == want, (task, split)
-    para = dict(line.split(" , ") for line in
-                (out / "para-dev-output.csv").read_text().splitlines()[1:])
-    assert para["notext"].strip() == str(evaluate.FALLBACK_PREDICTION["para"])
+    assert scores["left_out"] == {"para-dev-output.csv": [{"line": 22, "id": "nolabel"},
+                                                          {"line": 23, "id": "notext"}]}
+    err = capsys.readouterr().err
+    assert "para-dev-output.csv: 20 rows; 2 bad rows of quora-dev.csv left out" in err
     assert 0.0 <= scores["para_acc"] <= 1.0  # 20 labeled rows
-    gold = data_lib.load_task(small / "quora-dev.csv", "para", "dev", evaluate.Tokenizer(
-        tiny_run / "vocab.txt"), max_length=32, skip_bad_rows=True)
-    assert len(gold) == 20
+    with (small / "sts-test-student.csv").open("a", encoding="utf-8") as f:
+        f.write("20\tnotext\tonly one sentence\t\n")
+    again = tmp_path / "again"
+    with pytest.raises(evaluate.DataError, match="sts-test-student.csv: 1 bad row .*line 22"):
+        evaluate.evaluate_run(tiny_run, again, data_dir=str(small), progress=False)
+    assert not again.exists()
 
 
 def closing_paths(text: str) -> list[str]:

@@ -11,17 +11,24 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax.batch_types import TASK_SENTENCES, PaddedInputs, Sentences, TaskLabels
 from bert_jax.checkpoints import RunCheckpoints, load_run
 from bert_jax.config import PRESETS as MODEL_PRESETS
-from bert_jax.heads import init_multitask_params
+from bert_jax.heads import MultitaskBert, init_multitask_params
 from bert_jax.model import init_params
 from bert_jax.converted import save_converted
 from bert_jax.embedded import embedded_model_dir
 from train.config import PRESETS, TASKS, TrainConfig
 from train.multitask import TrainingError, data_files, main, train_and_evaluate
+from train.optimizer import make_optimizer
+from train.sharding import make_mesh
+from train.step import create_state, task_losses
+
+from test_step import adam_states, earlier_checkpoint_state, reference_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,14 +73,70 @@ def test_default_config_is_the_best_preset():
 ])
 def test_presets_build_the_heads_and_losses_they_claim(name, tasks, mode, pooling, para, sts,
                                                         epochs):
+    """Each preset's settings, and on a fixed batch of its tasks the losses the train step
+    minimises (`task_losses` of the model's outputs) equal those computed in numpy from the
+    pooled sentence embeddings through the preset's heads: SST cross-entropy, paraphrase binary
+    cross-entropy on the logit, STS squared error of 5 cos(u, v) or of a linear layer on u - v."""
     cfg = PRESETS[name]
     assert (cfg.tasks, cfg.mode, cfg.pooling, cfg.para_head, cfg.sts_head, cfg.epochs) == (
         tasks, mode, pooling, para, sts, epochs)
     assert (cfg.lr, cfg.batch_size, cfg.dropout, cfg.weight_decay) == (1e-5, 8, 0.1, 0.0)
-    params = init_multitask_params(MODEL_PRESETS["tiny"], cfg.head_config(), jax.random.PRNGKey(0))
-    assert ("para_hidden" in params) == (para == "concat")
+    config = MODEL_PRESETS["tiny"]
+    model = MultitaskBert(config, cfg.head_config())
+    params = init_multitask_params(config, cfg.head_config(), jax.random.PRNGKey(0))
+    if para == "concat":  # [|u - v|, u * v] -> hidden -> logit
+        assert params["para_hidden"]["kernel"].shape == (64, 32)
+        assert params["para_classifier"]["kernel"].shape == (32, 1)
+    else:  # u - v -> logit
+        assert "para_hidden" not in params
+        assert params["para_classifier"]["kernel"].shape == (32, 1)
     assert ("sts_regressor" in params) == (sts == "linear")
-    assert params["para_hidden"]["kernel"].shape == (64, 32) if para == "concat" else True
+
+    rng = np.random.default_rng(0)
+    sides = {t: [_sentences(rng) for _ in TASK_SENTENCES[t]] for t in tasks}
+    labels = TaskLabels(**{t: value for t, value in (
+        ("sst", rng.integers(0, 5, 4).astype(np.int32)),
+        ("para", np.array([0, 1, 1, 0], np.int32)),
+        ("sts", rng.uniform(0, 5, 4).astype(np.float32))) if t in tasks})
+    inputs = PaddedInputs(**{t: tuple(Sentences(i, m) for i, m in s) for t, s in sides.items()})
+    losses = {t: float(v) for t, v in task_losses(model.apply({"params": params}, inputs),
+                                                  labels).items()}
+    assert set(losses) == set(tasks)
+
+    def hidden(ids, mask):
+        out = model.apply({"params": params}, ids, mask, method=lambda m, i, k: m.bert(
+            i, k, jnp.zeros_like(i), deterministic=True))
+        if pooling == "cls":
+            return np.asarray(out.pooler_output, np.float64)
+        h, k = np.asarray(out.last_hidden_state, np.float64), mask[..., None]
+        return (h * k).sum(1) / k.sum(1)  # the mean over the sentence's tokens
+
+    dense = lambda x, name: x @ np.asarray(params[name]["kernel"], np.float64) + np.asarray(
+        params[name]["bias"], np.float64)
+    want = {}
+    if "sst" in tasks:
+        logits = dense(hidden(*sides["sst"][0]), "sst_classifier")
+        log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        want["sst"] = -log_p[np.arange(4), labels.sst].mean()
+    if "para" in tasks:
+        u, v = (hidden(*side) for side in sides["para"])
+        x = u - v if para == "diff" else np.maximum(
+            dense(np.concatenate([np.abs(u - v), u * v], -1), "para_hidden"), 0)
+        p = 1 / (1 + np.exp(-dense(x, "para_classifier")[:, 0]))
+        want["para"] = -(labels.para * np.log(p) + (1 - labels.para) * np.log(1 - p)).mean()
+    if "sts" in tasks:
+        u, v = (hidden(*side) for side in sides["sts"])
+        score = (5 * (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+                 if sts == "cosine" else dense(u - v, "sts_regressor")[:, 0])
+        want["sts"] = ((score - labels.sts) ** 2).mean()
+    assert losses == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def _sentences(rng, batch: int = 4, length: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and mask [batch, length]: lengths 3..length, ids of the tiny vocabulary."""
+    lengths = rng.integers(3, length + 1, size=batch)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    return rng.integers(5, 1000, size=(batch, length)).astype(np.int32) * mask, mask
 
 
 @pytest.mark.slow
@@ -140,6 +203,37 @@ def test_stopped_then_resumed_run_equals_uninterrupted(tiny_init, data_dir, tmp_
 
 
 @pytest.mark.slow
+def test_resume_converts_a_checkpoint_of_the_earlier_optimizer_layout(tiny_init, data_dir,
+                                                                      tmp_path, caplog):
+    """A run saved by an earlier version (its optimiser state the plain optax chain, no finite
+    check, no injected rates) resumes from its newest checkpoint, says it converted it, and
+    ends where the uninterrupted run ends."""
+    files = data_files(str(data_dir))
+    cfg = tiny_config(tiny_init, layer_lr_decay=0.8, head_lr=1e-2, grad_clip=1.0)
+    train_and_evaluate(cfg, tmp_path / "full", files, progress=False, save_every=0)
+    out = tmp_path / "split"
+    train_and_evaluate(cfg.replace(max_steps=7), out, files, progress=False, save_every=0)
+    ckpts = RunCheckpoints(out)
+    raw, meta, step = ckpts.restore(None)
+    tx = make_optimizer(cfg, 20, MODEL_PRESETS["tiny"].num_hidden_layers)  # 2 epochs of 10
+    fresh = create_state(raw["params"], tx, cfg.seed, make_mesh(jax.devices()[:1]))
+    state, _, _ = ckpts.restore(fresh, step=step)
+    ref_tx = reference_optimizer(cfg, 20, MODEL_PRESETS["tiny"].num_hidden_layers)[0]
+    adams = jax.device_get(adam_states(state.opt_state))
+    earlier = earlier_checkpoint_state(ref_tx.init(raw["params"]), adams)
+    ckpts.save(step, jax.device_get(state.replace(opt_state=earlier)), meta)  # over step 7
+    ckpts.close()
+    with caplog.at_level("INFO"):
+        train_and_evaluate(cfg, out, files, progress=False, save_every=0, resume=True)
+    assert f"{out / 'last' / '7'}: the checkpoint's optimiser state was written by an earlier " \
+           "version and was converted" in caplog.text
+    assert f"resumed from {out / 'last'} at step 7" in caplog.text
+    assert "damaged" not in caplog.text
+    full, split = last_params(tmp_path / "full"), last_params(out)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), full, split)
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_changed_configuration(tiny_init, data_dir, tmp_path):
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init, max_steps=2)
@@ -181,11 +275,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_init, data
     for leaf in jax.tree.leaves(state):  # parameters and optimiser moments
         assert np.isfinite(np.asarray(leaf, np.float64)).all()
     # the example ids named are ids of that step's training rows
-    from bert_jax import data as data_lib
+    from bert_jax.cs224n import load_split
     shown = eval(message[message.index("example ids ") + 12:message.index("). The update")])
     assert shown and all(ids for ids in shown.values())
     for task, ids in shown.items():
-        known = set(data_lib.load_split(files[task, "train"], task)["id"][:80])
+        known = set(load_split(files[task, "train"], task)["id"][:80])
         assert set(ids) <= known, (task, ids)
     # With --nonfinite skip the run goes on to the end.
     summary = train_and_evaluate(cfg.replace(nonfinite="skip", max_steps=6), tmp_path / "skip",
@@ -351,13 +445,13 @@ def test_dev_sentences_longer_than_every_training_sentence_are_evaluated(
 @pytest.mark.slow
 def test_a_failed_evaluation_keeps_the_trained_steps_and_resume_evaluates_them(
         tiny_init, data_dir, tmp_path, monkeypatch):
-    from train import evaluate as eval_lib
+    from bert_jax.evaluation import Evaluator
     files = data_files(str(data_dir))
     cfg = tiny_config(tiny_init)  # 10 steps per epoch, 2 epochs
 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation broke")
-    monkeypatch.setattr(eval_lib.Evaluator, "scores", broken)
+    monkeypatch.setattr(Evaluator, "scores", broken)
     with pytest.raises(RuntimeError, match="evaluation broke"):
         train_and_evaluate(cfg, tmp_path / "run", files, progress=False, save_every=0)
     assert RunCheckpoints(tmp_path / "run").latest_step() == 10  # the epoch's steps are saved
@@ -421,7 +515,9 @@ def test_resume_without_a_checkpoint_is_refused_and_a_fresh_start_drops_stale_lo
     files = data_files(str(data_dir))
     out = tmp_path / "run"
     out.mkdir()
-    (out / "metrics.jsonl").write_text('{"step": 10, "overall": 0.9}\n')  # a run killed early
+    # A run killed before its first checkpoint: its settings and a log line, no last/
+    tiny_config(tiny_init, max_steps=2).to_json(out / "train_config.json")
+    (out / "metrics.jsonl").write_text('{"step": 10, "overall": 0.9}\n')
     with pytest.raises(TrainingError, match="holds no checkpoint to continue from"):
         train_and_evaluate(tiny_config(tiny_init, max_steps=2), out, files, progress=False,
                            resume=True)
@@ -448,7 +544,7 @@ def test_configurations_that_cannot_work_are_refused_at_start(tiny_init, data_di
     shutil.copytree(tiny_init, bad)
     config = json.loads((bad / "config.json").read_text())
     for heads, match in ((3, "not divisible by num_attention_heads 3"),
-                         (0, "num_attention_heads must be a whole number of at least 1")):
+                         (0, "num_attention_heads must be a whole number from 1 to")):
         (bad / "config.json").write_text(json.dumps({**config, "num_attention_heads": heads}))
         with pytest.raises(TrainingError, match=match):
             train_and_evaluate(tiny_config(tiny_init, init=str(bad)), tmp_path / "b", files,

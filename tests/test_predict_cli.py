@@ -197,3 +197,105 @@ def test_bad_numbers_refused_by_the_parser(tiny_run, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tiny_run), "--task", "sst", "--input", "-", "--batch-size", "0"])
     assert info.value.code == 2 and "--batch-size: 0 is not allowed" in capsys.readouterr().err
+
+
+def test_output_never_lands_on_a_file_it_did_not_write(tiny_run, tmp_path, capsys):
+    """--output inside a run folder (its train_config.json, or a new file) is refused even with
+    --overwrite; another existing file only with --overwrite; an earlier prediction file of
+    this tool is replaced."""
+    src = tmp_path / "in.txt"
+    src.write_text("good\nbad\n")
+    config = tiny_run / "train_config.json"
+    before = config.read_bytes()
+    for output, extra in ((config, []), (config, ["--overwrite"]), (tiny_run / "new.csv", [])):
+        code, _, err = run([tiny_run, "--task", "sst", "--input", src, "--output", output,
+                            *extra], capsys)
+        assert code == 2 and "inside a training run folder" in err and str(tiny_run) in err
+    assert config.read_bytes() == before and not (tiny_run / "new.csv").exists()
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my notes\n")
+    code, _, err = run([tiny_run, "--task", "sst", "--input", src, "--output", mine], capsys)
+    assert code == 2 and "--overwrite" in err and mine.read_text() == "my notes\n"
+    out = tmp_path / "preds.csv"
+    for target, extra in ((out, []), (out, []), (mine, ["--overwrite"])):
+        code, _, err = run([tiny_run, "--task", "sst", "--input", src, "--output", target,
+                            *extra], capsys)
+        assert code == 0, err
+        assert target.read_text().startswith("line,prediction")
+
+
+@pytest.mark.parametrize("text, message", [
+    # a quote opened in the first row and closed in the third: 3 ids, never 1 merged row
+    ('id\tsentence\na\t"one\nb\ttwo\nc\tthree"\n', "line 2: an unbalanced double quote"),
+    ('id,sentence\na,"one\nb,two\n', "line 2: an unbalanced double quote"),
+    # an extra tab-separated field in a pair row: never dropped without a word
+    ("id\tsentence1\tsentence2\na\tone\ttwo\tthree\n", "line 2: 4 fields, the header has 3"),
+])
+def test_rows_are_never_merged_or_cut_short(text, message, tiny_run, tmp_path, capsys):
+    src = tmp_path / "in.tsv"
+    src.write_text(text)
+    task = "sst" if "sentence1" not in text else "para"
+    code, out, err = run([tiny_run, "--task", task, "--input", src], capsys)
+    assert code == 2 and message in err and out == ""
+
+
+@pytest.mark.parametrize("text, form, ids, sentences", [
+    # one field on the first line: a sentence, even the word `sentence` (auto)
+    ("sentence\nhello there\n", "auto", ["1", "2"], ["sentence", "hello there"]),
+    ("id\tsentence\nx7\thello\n", "auto", ["x7"], ["hello"]),
+    ("id,sentence\nx7,hello\n", "auto", ["x7"], ["hello"]),
+    # --format lines: a first line that looks like a header is a sentence
+    ("id\tsentence\nx7\thello\n", "lines", ["1", "2"], ["id\tsentence", "x7\thello"]),
+    ("x,id,sentence\n0,x7,hello\n", "table", ["x7"], ["hello"]),
+])
+def test_the_input_form_rule(text, form, ids, sentences):
+    from bert_jax.predict import parse_input
+    assert parse_input(text, "sst", "in", form) == (
+        "id" if form != "lines" and ids != ["1", "2"] else "line", ids, [sentences])
+
+
+@pytest.mark.parametrize("text, form, message", [
+    ("sentence1\tsentence2\na\tb\n", "auto", "in: the header has no column id (task 'sts' "
+     "needs id, sentence1, sentence2; the header has 'sentence1', 'sentence2'). Use the CS224N "
+     "file of this task, or pass --format lines if that first line is a sentence"),
+    ("a fine film\n", "table", "in: the header has no columns id, sentence1, sentence2"),
+])
+def test_a_header_that_is_not_one_names_format_lines(text, form, message):
+    from bert_jax.predict import InputError, parse_input
+    with pytest.raises(InputError) as err:
+        parse_input(text, "sts", "in", form)
+    assert str(err.value).startswith(message)
+
+
+def test_a_plain_input_whose_first_line_is_sentence(tiny_run, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("sentence\nsentence1\tsentence2\n")
+    code, out, err = run([tiny_run, "--task", "sst", "--input", src], capsys)
+    assert code == 0, err
+    assert [r[0] for r in rows(out)] == ["line", "1", "2"]
+
+
+def test_output_under_a_file_is_one_parser_line(tiny_run, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("good\n")
+    with pytest.raises(SystemExit) as exit_:
+        run([tiny_run, "--task", "sst", "--input", src, "--output", src / "x.csv"], capsys)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"error: argument --output: {src / 'x.csv'}: a part of the path is a "
+                        "file, not a folder")
+
+
+def test_a_row_over_the_csv_field_limit_is_a_row_not_the_file(tiny_run, tmp_path, capsys):
+    """A 150,000-character field (csv's default limit: 131,072): one row named by its line in
+    a table; a plain line is a sentence like another (truncated to max_length tokens)."""
+    src = tmp_path / "in.tsv"
+    src.write_text("id\tsentence\na\tgood\nb\t" + "x" * 150_000 + "\nc\tbad\n")
+    code, out, err = run([tiny_run, "--task", "sst", "--input", src], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {src}, line 3: cannot parse the row (field larger than "
+                          "field limit (131072)): a field longer than")
+    src.write_text("x" * 150_000 + "\ngood\n")
+    code, out, err = run([tiny_run, "--task", "sst", "--input", src], capsys)
+    assert code == 0, err
+    assert [r[0] for r in rows(out)] == ["line", "1", "2"]

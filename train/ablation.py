@@ -1,7 +1,8 @@
 """Run the report's seven presets in order and tabulate their dev scores.
 
 `python -m train.ablation --out runs/ablation [--limit-train N] [--epoch-scale S] [--limit-eval N]`
-runs each preset (skipping those already finished in --out), appends one JSON line per run to
+runs each preset (skipping those already finished in --out; one stopped part-way continues
+from its checkpoint), appends one JSON line per run to
 `OUT/results.jsonl` (scores, command, wall time, machine), and `--table` prints the markdown table.
 Shortened settings apply to every row alike, so the rows stay comparable. It ends with the
 table (scores to 3 decimals) and the path of every file and run folder written.
@@ -18,11 +19,18 @@ from pathlib import Path
 
 import jax
 
+from bert_jax.checkpoints import newest_checkpoint
 from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_float, prog
+from bert_jax.errors import BertJaxError
+from bert_jax.outputs import check_output_folder
+from bert_jax.plots import read_jsonl
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.evaluate import closing_block
+from train.flags import seed_int
 from train.multitask import data_files, train_and_evaluate
 
+# What every line of results.jsonl holds (numbers), as `table` prints them.
+RESULT_KEYS = ("epochs", "sst_acc", "para_acc", "sts_r", "overall", "wall_seconds", "seed")
 ORDER = ("baseline", "multi-dataset", "cosine", "mean-pooling", "multitask", "concat",
          "more-epochs")
 
@@ -63,10 +71,11 @@ def table(rows: list[dict]) -> str:
     out = ["| preset | what it adds | epochs | SST acc | para acc | STS r | overall | wall | seed |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        note = PRESET_NOTES.get(r.get("base_preset", r["preset"]), "")
+        preset = r.get("preset", r.get("run", "?"))
+        note = PRESET_NOTES.get(r.get("base_preset", preset), "")
         if r.get("overrides"):
             note = "settings changed: " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-        out.append(f"| `{r['preset']}` | {note} | {r['epochs']} | "
+        out.append(f"| `{preset}` | {note} | {r['epochs']} | "
                    f"{r['sst_acc']:.3f} | {r['para_acc']:.3f} | {r['sts_r']:.3f} | "
                    f"{r['overall']:.3f} | {r['wall_seconds'] / 60:.1f} min | {r['seed']} |")
     return "\n".join(out)
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch-scale", type=positive_float, default=1.0,
                         help="multiply each preset's epochs by this, keeping at least 1 "
                              "(default 1)")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed,
+    parser.add_argument("--seed", type=seed_int, default=TrainConfig.seed,
                         help=f"random seed of every run, part of its folder name (default "
                              f"{TrainConfig.seed})")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -104,23 +113,42 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     root = Path(args.out)
     results = root / "results.jsonl"
-    done = [json.loads(l) for l in results.open()] if results.exists() else []
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        print(f"error: --presets {args.presets}: no preset {', '.join(unknown) or 'named'}; "
+              f"pass some of {','.join(ORDER)}", file=sys.stderr)
+        return 2
+    try:
+        done = read_jsonl(results, RESULT_KEYS) if results.exists() else []
+    except BertJaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.table:
         print(table(done))
         return 0
+    try:  # its own folder: new, empty, or an earlier ablation's (results.jsonl)
+        check_output_folder(root, "train.ablation --out",
+                            recognise=lambda folder: (folder / "results.jsonl").is_file())
+    except BertJaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     root.mkdir(parents=True, exist_ok=True)
     files = data_files(args.data_dir)
     overrides = parse_overrides(args.set)
     suffix = "".join(f"-{k}={v}" for k, v in overrides.items())
     written = []
-    for name in args.presets.split(","):
+    for name in names:
         key = f"{name}{suffix}-seed{args.seed}"
-        if any(r["run"] == key for r in done):
+        if any(r.get("run") == key for r in done):
             continue
+        # A run stopped part-way (killed, interrupted) continues from its last checkpoint.
+        resume = newest_checkpoint(root / key, "last")[1] is not None
         cfg = shortened(PRESETS[name].replace(**overrides), args.limit_train, args.epoch_scale,
                         args.limit_eval, args.seed)
         start = time.time()
-        summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0)
+        summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0,
+                                     resume=resume)
         written.append(root / key)
         record = {"run": key, "preset": name + suffix, "base_preset": name,
                   "overrides": overrides, "seed": args.seed, "epochs": cfg.epochs,
@@ -129,13 +157,16 @@ def main(argv=None) -> int:
                   "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                   "data": {f"{t}/{s}": str(p) for (t, s), p in files.items()},
                   **{k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall")}}
+        text = results.read_text() if results.exists() else ""
+        if text and not text.endswith("\n"):  # a last line cut by a kill: dropped
+            results.write_text(text[:text.rfind("\n") + 1])
         with results.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        done.append(record)
         print(json.dumps(record), flush=True)
     if written:
         written.append(results)
-    print(table([json.loads(l) for l in results.open()]) if results.exists() else
-          "(no runs yet)")
+    print(table(done) if done else "(no runs yet)")
     print(closing_block(written))
     return 0
 

@@ -4,7 +4,9 @@ Per task, the model's most confident mistakes with their sentences and scores:
 - SST-5: wrong predictions with the highest probability on the predicted class;
 - paraphrase: false positives (gold 0, highest probability) and false negatives (gold 1, lowest);
 - STS: the largest over-estimates (pred - gold) and under-estimates (gold - pred).
-Prints a markdown report and writes it to --out (default RUN/analysis.md).
+Prints a markdown report and writes it to --out (default RUN/analysis.md): a new file or an
+earlier report of this tool (another file only with --overwrite; never a file it reads, nor one
+inside a run or data folder but RUN/analysis.md).
 
 When `python -m train.evaluate RUN` has scored the same checkpoint (same --which, same step) on
 the same dev files, its `RUN/predictions/dev-outputs.npz` is read and the model is not run;
@@ -20,15 +22,32 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_jax import data as data_lib
 from bert_jax import metrics
 from bert_jax.checkpoints import newest_checkpoint
 from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_int, prog
+from bert_jax.cs224n import (TASKS, DataError, default_file, find_data_dir, is_pair_task,
+                             load_split)
 from bert_jax.errors import BertJaxError
+from bert_jax.evaluation import progress_bar
 from bert_jax.inference import predict_task
+from bert_jax.outputs import OutputFile, check_output_file
 from bert_jax.predict import load_model
-from train.evaluate import (DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block,
-                            progress_bar)
+from train.evaluate import DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block
+
+# An earlier report of this tool (replaced without --overwrite); RUN/analysis.md is its job.
+REPORT = OutputFile("train.analyze --out", lambda head: head.startswith("# Error analysis: "),
+                    allowed_in_run=("analysis.md",))
+
+
+def _dev_files(data_dir) -> list[Path]:
+    """The dev files the analysis reads (none when there is no data folder: that error comes
+    with the reading)."""
+    try:
+        base = find_data_dir(data_dir)
+    except BertJaxError:
+        return []
+    return [base / default_file(t, "dev") for t in TASKS]
+
 
 TASK_TITLES = {"sst": "SST-5 sentiment", "para": "Quora paraphrase", "sts": "STS similarity"}
 
@@ -54,11 +73,11 @@ class TaskAnalysis:
 def load_dev(task: str, data_dir=None, limit: int | None = None):
     """(ids [n], sentence columns (1 or 2 lists of n), gold labels [n]) of `task`'s dev file,
     skipping bad rows; `limit`: the first N rows."""
-    path = data_lib.find_data_dir(data_dir) / data_lib.default_file(task, "dev")
-    ds = data_lib.load_split(path, task, skip_bad_rows=True)
+    path = find_data_dir(data_dir) / default_file(task, "dev")
+    ds = load_split(path, task, skip_bad_rows=True)
     if limit and limit < len(ds):
         ds = ds.select(range(limit))
-    cols = ["sentence1"] + (["sentence2"] if data_lib.is_pair_task(task) else [])
+    cols = ["sentence1"] + (["sentence2"] if is_pair_task(task) else [])
     return ds["id"], [ds[c] for c in cols], np.asarray(ds["label"])
 
 
@@ -146,24 +165,24 @@ def saved_dev_outputs(run_dir: str | Path, which: str = "best", data_dir=None
     try:
         scores = json.loads((folder / SCORES_FILE).read_text())
         resolved, step = newest_checkpoint(run_dir, which)
-    except (OSError, ValueError, data_lib.DataError):
+    except (OSError, ValueError, DataError):
         return None
     npz = folder / str(scores.get("dev_outputs") or DEV_OUTPUTS_FILE)
     if (step is None or scores.get("which") != resolved or scores.get("checkpoint_step") != step
             or not npz.is_file()):
         return None
     try:
-        base = data_lib.find_data_dir(data_dir)
+        base = find_data_dir(data_dir)
         saved = {}
         with np.load(npz) as arrays:
             for task, info in (scores.get("dev_files") or {}).items():
-                path = base / data_lib.default_file(task, "dev")
+                path = base / default_file(task, "dev")
                 if (task in arrays and f"{task}_ids" in arrays and path.is_file()
                         and info.get("sha256") == _sha256(path)):
                     ids = [str(i) for i in arrays[f"{task}_ids"]]
                     if len(set(ids)) == len(ids):
                         saved[task] = dict(zip(ids, arrays[task]))
-    except (OSError, ValueError, KeyError, data_lib.DataError):
+    except (OSError, ValueError, KeyError, DataError):
         return None
     return (saved, npz) if saved else None
 
@@ -181,7 +200,7 @@ def _model_outputs(model, task: str, sentences, progress: bool) -> np.ndarray:
         bar.close()
 
 
-def analyze(model, tasks=data_lib.TASKS, data_dir=None, top: int = 10,
+def analyze(model, tasks=TASKS, data_dir=None, top: int = 10,
             limit: int | None = None, saved=None, progress: bool = False
             ) -> list[TaskAnalysis]:
     """Error analysis of a `MultitaskModel` on the dev files of `tasks`.
@@ -229,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=nonnegative_int, default=0,
                         help="analyse only the first N dev rows per task (default 0: all rows)")
     parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
-                        help="where to write the markdown report (default RUN/analysis.md)")
+                        help="where to write the markdown report (default RUN/analysis.md): a "
+                             "new file or an earlier report of this tool")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out replace a file this tool did not write (never one "
+                             "inside a run or data folder, nor a file it reads)")
     parser.add_argument("--no-progress", action="store_true",
                         help="print no progress while the model predicts (by default a bar on "
                              "a terminal, two plain lines otherwise)")
@@ -240,9 +263,17 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in data_lib.TASKS]
+    bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         parser.error(f"--tasks: unknown {bad or 'empty'}; choose from sst, para, sts")
+    out = Path(args.out) if args.out else (
+        Path(args.ckpt) / "analysis.md" if Path(args.ckpt).is_dir() else Path("analysis.md"))
+    try:
+        check_output_file(out, REPORT, overwrite=args.overwrite,
+                          protected=_dev_files(args.data_dir))
+    except BertJaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     loaded = []
 
     def model():
@@ -261,8 +292,6 @@ def main(argv=None) -> int:
     else:
         title += f" ({args.which} checkpoint)"
     report = to_markdown(results, title)
-    out = Path(args.out) if args.out else (
-        Path(args.ckpt) / "analysis.md" if Path(args.ckpt).is_dir() else Path("analysis.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report + "\n")
     print(report)

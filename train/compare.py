@@ -8,7 +8,9 @@ deviation (ddof 1) per column, e.g. for three seeds of one configuration:
 
     python -m train.compare runs/concat-seed1 runs/concat-seed2 runs/concat-seed3
 
-`--out FILE` also writes the table (or, with `--json`, the JSON) to FILE. The last lines, on
+`--out FILE` also writes the table (or, with `--json`, the JSON) to FILE: a new file or an
+earlier output of this tool (another file only with `--overwrite`; never one inside a run or
+data folder). The last lines, on
 stderr, give the scores (the mean for several runs) and the file written.
 """
 from __future__ import annotations
@@ -20,10 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_jax.checkpoints import read_json
 from bert_jax.cli import output_file, positive_int, prog
+from bert_jax.errors import BertJaxError
+from bert_jax.outputs import OutputFile, check_output_file
+from bert_jax.plots import read_jsonl
 from train.evaluate import closing_block
 
 SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
+# An earlier --out of this tool: its markdown table or its JSON (replaced without --overwrite).
+TABLE = OutputFile("train.compare --out", lambda head: head.startswith(
+    ("| run | seed | epoch |", '{\n  "runs": [')))
 
 
 def epoch_scores(run_dir: Path) -> list[dict]:
@@ -32,7 +41,7 @@ def epoch_scores(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise SystemExit(f"error: {path}: no such file; is {run_dir} a run folder of "
                          "`python -m train.multitask` that finished an epoch?")
-    records = [json.loads(line) for line in path.open() if line.strip()]
+    records = read_jsonl(path, ("epoch",) + SCORES)
     if not records:
         raise SystemExit(f"error: {path}: no dev scores yet (the run has not finished an epoch)")
     return records
@@ -54,7 +63,7 @@ def run_row(run_dir: Path, epoch: int | None) -> dict:
     records = epoch_scores(run_dir)
     chosen = pick(records, epoch)
     cfg_path = Path(run_dir) / "train_config.json"
-    seed = json.loads(cfg_path.read_text()).get("seed") if cfg_path.exists() else None
+    seed = read_json(cfg_path).get("seed") if cfg_path.exists() else None
     return {"run": str(run_dir), "seed": seed, "epoch": chosen["epoch"],
             "epochs_scored": len(records), **{k: float(chosen[k]) for k in SCORES}}
 
@@ -86,19 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders of `python -m train.multitask` to tabulate, one row "
                              "each")
     parser.add_argument("--epoch", type=positive_int, default=None,
-                        help="score every run at this epoch (default: each run's best epoch "
+                        help="score every run at this epoch (default each run's best epoch "
                              "by overall dev score)")
     parser.add_argument("--json", action="store_true",
                         help="print the rows (and the mean and spread) as JSON instead of a "
                              "markdown table")
     parser.add_argument("--out", default=None, type=output_file, metavar="FILE",
-                        help="also write what is printed to this file (default: write nothing)")
+                        help="also write what is printed to this file (default none): "
+                             "a new file or an earlier output of this tool")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out replace a file this tool did not write (never one "
+                             "inside a run or data folder)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    rows = [run_row(r, args.epoch) for r in args.runs]
+    if args.out:
+        try:
+            check_output_file(args.out, TABLE, overwrite=args.overwrite)  # never in a run
+        except BertJaxError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    try:
+        rows = [run_row(r, args.epoch) for r in args.runs]
+    except BertJaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         text = json.dumps({"runs": rows, **({"mean_std": spread(rows)} if len(rows) > 1 else {})},
                           indent=2)

@@ -6,6 +6,7 @@ a setting is described in one place, and `train_config.json` records every one o
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -15,12 +16,22 @@ from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, pos
 from bert_jax.cs224n import TASKS
 from bert_jax.errors import ConfigError
 from bert_jax.heads import HeadConfig
+from bert_jax.model import ATTENTION_IMPLEMENTATIONS
 
 MODES = ("multitask", "sequential")
 # Settings a --resume may change: they change neither the data order nor the parameters' path.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "limit_eval",
                                "eval_batch_size", "save_every", "keep_last", "resume", "data_dir",
                                "tensorboard"})
+
+
+def below_one(text: str) -> float:
+    """argparse type: a number in [0, 1) (a probability of dropping, a moment's decay)."""
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: pass a number from 0 up to "
+                                         "(not including) 1")
+    return value
 
 
 def setting(default: Any, help: str, type: Callable | None = None) -> Any:
@@ -41,8 +52,8 @@ class TrainConfig:
     para_head: str = setting("concat", "paraphrase head: 'diff' (u-v -> linear) or 'concat' "
                              "([|u-v|, u*v] -> dense -> ReLU -> dense)")
     sts_head: str = setting("cosine", "STS head: 'linear' (on u-v) or 'cosine' (5 x cos(u, v))")
-    dropout: float = setting(0.1, "dropout of the task heads (the encoder keeps its own)",
-                             nonnegative_float)
+    dropout: float = setting(0.1, "dropout of the task heads (the encoder keeps its own), "
+                             "from 0 up to (not including) 1", below_one)
     dtype: str = setting("auto", "compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), "
                          "'float32' or 'bfloat16'; parameters stay float32")
     attention_impl: str = setting("xla", "attention kernel: 'xla' (everywhere) or 'cudnn' "
@@ -93,10 +104,13 @@ class TrainConfig:
                                     "times the one above, the embeddings at DECAY ** layers "
                                     "(1: off)", positive_float)
     weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", nonnegative_float)
-    b1: float = setting(0.9, "AdamW's first-moment decay (beta1)", nonnegative_float)
-    b2: float = setting(0.999, "AdamW's second-moment decay (beta2)", nonnegative_float)
-    eps: float = setting(1e-8, "AdamW's epsilon, added to the root of the second moment",
-                        nonnegative_float)
+    b1: float = setting(0.9, "AdamW's first-moment decay (beta1), from 0 up to (not "
+                        "including) 1", below_one)
+    b2: float = setting(0.999, "AdamW's second-moment decay (beta2), from 0 up to (not "
+                        "including) 1", below_one)
+    eps: float = setting(1e-8, "AdamW's epsilon, added to the root of the second moment; above "
+                         "0 (at 0 a parameter whose gradients are all 0 divides 0 by 0)",
+                         positive_float)
     warmup_steps: int = setting(0, "linear warm-up of the learning rate from 0 over this many "
                                 "steps", nonnegative_int)
     linear_decay: bool = setting(False, "decay the learning rate linearly to 0 at the last step")
@@ -135,7 +149,10 @@ class TrainConfig:
     sts_train: str = setting("", "STS training file (overrides --data-dir)")
     sts_dev: str = setting("", "STS dev file (overrides --data-dir)")
     resume: bool = setting(False, "continue the run in --out from its newest intact checkpoint "
-                           "(same settings; see RESUMABLE_CHANGES for what may change)")
+                           "with the same settings; only these may change: " + ", ".join(
+                               "--" + name.replace("_", "-")
+                               for name in sorted(RESUMABLE_CHANGES - {"resume"}))
+                           + " (--epochs and --max-steps not under --linear-decay)")
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -149,6 +166,9 @@ class TrainConfig:
             raise ConfigError(f"epoch_steps must be 'max' or 'min', not {self.epoch_steps!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', not {self.dtype!r}")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, not "
+                              f"{self.attention_impl!r}")
         if self.pack and self.attention_impl == "cudnn":
             raise ConfigError("attention_impl 'cudnn' takes no packed rows: pass --no-pack with it")
         if self.pack_length < 1:

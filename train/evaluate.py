@@ -3,13 +3,17 @@
 `python -m train.evaluate RUN [--out DIR]` writes into DIR (default RUN/predictions):
 - `sst-dev-output.csv`, `para-dev-output.csv`, `sts-dev-output.csv` and the `-test-` files (from
   the test-student files; there is no Quora test file) in the CS224N format (`id,Predicted_...`),
-  one row per id of the input file;
+  one row per id of the input file: a bad row of a dev file (no label, no sentence, ...) is left
+  out of its prediction file and of the scores, and a line says which (ids and lines also in
+  `scores.json`, `left_out`); a bad row of a test file (the file you submit) stops the
+  evaluation before anything is written;
 - `scores.json`: the dev scores, the checkpoint (`which`, `checkpoint_step`) and the dev files
   read (path and sha256);
 - `dev-outputs.npz`: the raw dev outputs per task (SST logits, paraphrase logits, STS scores)
   with their ids, which `python -m train.analyze` reads instead of running the model again;
 - `sst_confusion.png`, `para_histograms.png`, `sts_scatter.png`: dev predictions against gold.
-It ends by printing the rounded scores and the path of every file written.
+It ends by printing the rounded scores and the path of every file written. DIR must be new,
+empty, an earlier evaluation's folder or RUN/predictions: any other folder is refused.
 
 `python -m train.evaluate RUN1 RUN2 ... --out DIR [--combine ensemble|soup]` writes the same
 files for several runs predicting as one (train/ensemble.py): an ensemble (averaged
@@ -23,26 +27,27 @@ import dataclasses
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
-from bert_jax import data as data_lib
 from bert_jax import metrics
-from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int, prog
-from bert_jax.errors import BertJaxError
 from bert_jax.checkpoints import RunFiles, load_run, read_json
+from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int, prog
+from bert_jax.cs224n import (TASKS, DataError, default_file, find_data_dir,
+                             load_split_with_report, read_id_lines)
+from bert_jax.errors import BertJaxError
+from bert_jax.evaluation import Evaluator
 from bert_jax.heads import MultitaskBert
-from bert_jax.inference import predict_task, to_predictions
+from bert_jax.inference import to_predictions
+from bert_jax.outputs import check_output_folder, check_writable_folder
 from bert_jax.plots import write_eval_plots
-from bert_jax.token_cache import live_progress
+from bert_jax.task_data import task_data
+from bert_jax.token_cache import tokenize_split
 from bert_jax.tokenizer import Tokenizer
 from train.ensemble import COMBINE_METHODS, CombineError, combine_outputs, uniform_soup
-from train.step import DATA_AXIS, make_mesh, make_predict_step
+from train.sharding import make_mesh
 
 SCORE_KEYS = ("sst_acc", "para_acc", "sts_r", "overall")
 SCORES_FILE, DEV_OUTPUTS_FILE = "scores.json", "dev-outputs.npz"
@@ -50,55 +55,23 @@ SCORES_FILE, DEV_OUTPUTS_FILE = "scores.json", "dev-outputs.npz"
 
 def closing_block(paths, scores: dict | None = None, heading: str = "scores") -> str:
     """What a command-line tool prints last: its scores rounded to 3 decimals (the numbers
-    among `scores`) and the path of every file or folder it wrote, one per line."""
+    among `scores`) and the path of every file or folder it wrote, one per line; a folder (one
+    on disk) ends in `/` and is counted as a folder: `wrote 3 files and 2 folders:`."""
     lines = []
     numbers = {k: v for k, v in (scores or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
         lines.append(f"{heading}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
-    paths = [str(p) for p in paths]
-    lines.append(f"wrote {len(paths)} file{'s' if len(paths) != 1 else ''}:" if paths
-                 else "wrote no files")
-    lines += [f"  {p}" for p in paths]
+    folders = [Path(p).is_dir() for p in paths]
+    counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
+              ((folders.count(False), "file"), (folders.count(True), "folder")) if n]
+    lines.append(f"wrote {' and '.join(counts)}:" if counts else "wrote no files")
+    lines += [f"  {p}{'/' if folder else ''}" for p, folder in zip(paths, folders)]
     return "\n".join(lines)
-
-
-class PlainProgress:
-    """Stands in for a tqdm bar where a bar cannot draw in place (a log file, a pipe): a line
-    when the work starts and one when it ends, on stderr."""
-
-    def __init__(self, total: int, desc: str, unit: str = "ex"):
-        self.total, self.desc = total, desc
-        self.unit = {"ex": "examples"}.get(unit, unit)
-        self.started = time.perf_counter()
-        print(f"{desc}: {total:,} {self.unit} ...", file=sys.stderr, flush=True)
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.started is not None:
-            seconds = time.perf_counter() - self.started
-            print(f"{self.desc}: {self.total:,} {self.unit} in {seconds:.1f} s", file=sys.stderr,
-                  flush=True)
-            self.started = None
-
-
-def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "ex"):
-    """A tqdm bar where one draws in place (a terminal, a notebook: `live_progress`), else a
-    `PlainProgress` (two plain lines); a disabled bar when not `enabled`."""
-    if enabled and not live_progress():
-        return PlainProgress(total, desc, unit)
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, unit=unit,
-                dynamic_ncols=True)
 
 
 TASK_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
                 "sts": "Predicted_Similarity"}
-TASK_FILE_PREFIX = {"sst": "sst", "para": "para", "sts": "sts"}
 
 
 def resource_hint(err: BaseException) -> str | None:
@@ -112,64 +85,6 @@ def resource_hint(err: BaseException) -> str | None:
     return None
 
 
-class Evaluator:
-    """Batched dev/test prediction for a `MultitaskBert` over a mesh (batch split on "data").
-
-    Plans its own padded lengths from the lengths of each split it is given (at most
-    `num_buckets` per split, the last covering the split's longest example), so a dev or test
-    sentence longer than every training sentence still has a shape. The plan depends only on
-    the lengths, so evaluating the same split again compiles nothing new; `planned` holds the
-    last plan of each task (for run summaries).
-    """
-
-    def __init__(self, model: MultitaskBert, mesh, batch_size: int = 64, num_buckets: int = 4):
-        self.predict = make_predict_step(model)
-        self.sharding = NamedSharding(mesh, P(DATA_AXIS))
-        self.batch_size, self.num_buckets = batch_size, num_buckets
-        self.planned: dict[str, tuple[int, ...]] = {}
-
-    def buckets_for(self, data: data_lib.TaskData) -> tuple[int, ...]:
-        """At most `num_buckets` padded lengths (multiples of 8) covering every example of `data`."""
-        top = -(-int(data.lengths.max()) // 8) * 8
-        self.planned[data.task] = data_lib.choose_buckets(data.lengths, top, self.num_buckets)
-        return self.planned[data.task]
-
-    def outputs(self, params, data: data_lib.TaskData, task: str, progress: bool = False,
-                desc: str | None = None):
-        """Raw head outputs for every example of `data` (see `predict_task`); `progress`: a bar
-        named `desc` (default "eval TASK"), or, written to a file, a line at the start and one
-        at the end."""
-        bar = progress_bar(len(data), desc or f"eval {task}", progress)
-        try:
-            return predict_task(self.predict, params, data, task, self.batch_size,
-                                self.buckets_for(data),
-                                place=lambda b: jax.device_put(b, self.sharding), progress=bar)
-        finally:
-            bar.close()
-
-    def predictions(self, params, splits: dict[str, data_lib.TaskData], progress: bool = False):
-        return {t: to_predictions(t, self.outputs(params, d, t, progress))
-                for t, d in splits.items()}
-
-    def scores(self, params, dev: dict[str, data_lib.TaskData], progress: bool = False) -> dict:
-        """SST accuracy, paraphrase accuracy, STS Pearson r, overall (for the tasks given)."""
-        return score_predictions(self.predictions(params, dev, progress), dev)
-
-
-def score_predictions(predictions: dict[str, np.ndarray], gold: dict[str, data_lib.TaskData]) -> dict:
-    scores = {}
-    if "sst" in predictions:
-        scores["sst_acc"] = metrics.accuracy(predictions["sst"], gold["sst"].labels)
-    if "para" in predictions:
-        scores["para_acc"] = metrics.accuracy(predictions["para"], gold["para"].labels)
-    if "sts" in predictions:
-        scores["sts_r"] = metrics.pearson(predictions["sts"], gold["sts"].labels)
-    if len(scores) == 3:
-        scores["overall"] = metrics.overall_score(scores["sst_acc"], scores["para_acc"],
-                                                  scores["sts_r"])
-    return {k: float(v) for k, v in scores.items()}
-
-
 def write_predictions(path: Path, task: str, ids: list[str], predictions: np.ndarray) -> None:
     """A CS224N prediction file: header `id,Predicted_...`, then `id , value` rows."""
     with path.open("w") as f:
@@ -179,28 +94,79 @@ def write_predictions(path: Path, task: str, ids: list[str], predictions: np.nda
             f.write(f"{i} , {value} \n")
 
 
-# What a row that cannot be scored at all (no usable text) is predicted: the neutral class, "not
-# a paraphrase" (the majority class), the middle of the similarity scale.
-FALLBACK_PREDICTION = {"sst": 2, "para": 0, "sts": 2.5}
+@dataclasses.dataclass
+class SplitRows:
+    """One CS224N file read once for an evaluation: its valid rows (`ds`, validated as the
+    split is: dev rows need a label, test rows do not) and the bad rows left out, as
+    (line, id) pairs. The prediction file holds exactly the valid rows' ids."""
+    path: Path
+    task: str
+    split: str
+    ds: Any
+    left_out: list[tuple[int, str]]
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.task}-{self.split}-output.csv"
+
+    def describe(self) -> str:
+        """The one line that says what the prediction file holds and which rows it lacks."""
+        n, bad = len(self.ds), len(self.left_out)
+        if not bad:
+            return f"{self.output_name}: {n:,} rows, no bad row left out"
+        shown = ", ".join(f"line {line} (id {ex_id or '(empty)'})"
+                          for line, ex_id in self.left_out[:10])
+        return (f"{self.output_name}: {n:,} rows; {bad} bad row{'s' if bad > 1 else ''} of "
+                f"{self.path.name} left out of it and of the scores: {shown}"
+                + (", ..." if bad > 10 else "") + f" (listed in {SCORES_FILE})")
 
 
-def _predict_rows(evaluator: Evaluator, params, path: Path, task: str, tokenizer,
-                  max_length: int, limit: int, progress: bool, desc: str
-                  ) -> tuple[list[str], dict[str, int], np.ndarray]:
-    """(every id of the file in order, {id: row of the predicted rows}, the predicted rows' raw
-    outputs). Every row with text is predicted, labeled or not."""
-    data = data_lib.load_task(path, task, "test", tokenizer, max_length=max_length,
-                              limit=limit or None, skip_bad_rows=True, labeled=False)
-    outputs = evaluator.outputs(params, data, task, progress, desc)
-    ids = data_lib.read_ids(path)[:limit or None]
-    return ids, {ex_id: i for i, ex_id in enumerate(data.example_ids)}, outputs
+def read_split(path: Path, task: str, split: str, limit: int = 0) -> SplitRows:
+    """`path` read once: its valid rows (the first `limit`, 0: all) and the bad rows left out
+    (within those lines). A bad row in a test file is refused: a test prediction file is what
+    is submitted and must hold every id of its input."""
+    ds, skipped = load_split_with_report(path, task, labeled=split != "test",
+                                         skip_bad_rows=True)
+    last = float("inf")  # with `limit`: the bad rows among the lines read
+    if limit and limit < len(ds):
+        ds = ds.select(range(limit))
+        last = ds[len(ds) - 1]["line"]
+    bad_lines = {line for line, _ in skipped if line <= last}
+    left_out = [(line, ex_id) for line, ex_id in read_id_lines(path) if line in bad_lines]
+    if left_out and split == "test":
+        raise DataError(
+            f"{path}: {len(left_out)} bad row{'s' if len(left_out) > 1 else ''} (line"
+            f"{'s' if len(left_out) > 1 else ''} {', '.join(str(l) for l, _ in left_out[:10])}"
+            f"{', ...' if len(left_out) > 10 else ''}; see the warning above for why): a test "
+            "prediction file is what you submit and must hold every id of its input. Fix "
+            "those rows (nothing was written)")
+    return SplitRows(path, task, split, ds, left_out)
 
 
-def _every_row(task: str, ids: list[str], index: dict[str, int], preds: np.ndarray) -> np.ndarray:
-    """A prediction per id of the file: the predicted row's, or `FALLBACK_PREDICTION` for a row
-    without usable text, so a prediction file covers every id of its input."""
-    return np.array([preds[index[i]] if i in index else FALLBACK_PREDICTION[task] for i in ids],
-                    preds.dtype)
+def _predict_split(member: "Member", rows: SplitRows, progress: bool, desc: str) -> np.ndarray:
+    """Raw outputs of `member` for every valid row of `rows`, tokenized with its vocabulary."""
+    tok = tokenize_split(rows.ds, member.tokenizer, member.max_length)
+    return member.evaluator.outputs(member.run.params, task_data(tok, rows.task), rows.task,
+                                    progress, desc)
+
+
+def _looks_like_evaluate_output(folder: Path) -> bool:
+    """A folder holding an earlier evaluation: its scores.json or a CS224N prediction file."""
+    scores = folder / SCORES_FILE
+    if scores.is_file() and '"dev_files"' in scores.read_text(errors="replace"):
+        return True
+    for path in folder.glob("*-output.csv"):
+        with path.open(errors="replace") as f:
+            if f.readline().startswith("id,Predicted_"):
+                return True
+    return False
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """Refuse an --out that is not new, empty, an earlier evaluation, or RUN/predictions."""
+    check_output_folder(out_dir, "train.evaluate --out", recognise=_looks_like_evaluate_output,
+                        allowed_in_run=("predictions",))
+    check_writable_folder(out_dir, "--out")
 
 
 @dataclasses.dataclass
@@ -243,7 +209,7 @@ def evaluate_run(run_dir, out_dir: str | Path, data_dir: str | None = None,
                  which: str = "best", batch_size: int = 64, limit: int = 0,
                  progress: bool = True, combine: str = "ensemble") -> dict:
     """Dev scores of a run's checkpoint, and dev/test prediction files in `out_dir` holding
-    every id of their input file (see `FALLBACK_PREDICTION`); see the module docstring for
+    every id of their input file but its bad rows (`read_split`); see the module docstring for
     every file written. `run_dir` may be a list of runs, combined as `combine` says
     (`train.ensemble`). Returns what `scores.json` holds."""
     run_dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
@@ -258,56 +224,51 @@ def _sha256(path: Path) -> str:
 def _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
               combine="ensemble") -> tuple[dict, list[Path]]:
     """(what scores.json holds, the paths written)."""
-    members, sources = _members(run_dirs, which, combine, batch_size)
     out_dir = Path(out_dir)
+    check_out_folder(out_dir)
+    base = find_data_dir(data_dir)
+    splits = [read_split(base / name, task, split, limit)  # every file read once, first
+              for task in TASKS for split in ("dev", "test")
+              if (name := default_file(task, split)) and (base / name).exists()]
+    members, sources = _members(run_dirs, which, combine, batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written last: a scores.json is never beside the outputs of another (unfinished) evaluation.
     (out_dir / SCORES_FILE).unlink(missing_ok=True)
-    base = data_lib.find_data_dir(data_dir)
     first = members[0]
     dev_outputs, dev_predictions, gold, dev_files, written = {}, {}, {}, {}, []
-    for task in data_lib.TASKS:
-        for split in ("dev", "test"):
-            name = data_lib.default_file(task, split)
-            if not name or not (base / name).exists():
-                continue
-            rows = []
-            for k, m in enumerate(members):
-                desc = f"eval {task} {name}" + (f" [{k + 1}/{len(members)}]"
-                                                if len(members) > 1 else "")
-                rows.append(_predict_rows(m.evaluator, m.run.params, base / name, task,
-                                          m.tokenizer, m.max_length, limit, progress, desc))
-            ids, index, _ = rows[0]
-            for m, (_, other, _) in zip(members[1:], rows[1:]):
-                if other != index:
-                    raise CombineError(f"{m.run.run_dir}: its tokenizer keeps other rows of "
-                                       f"{base / name} than {first.run.run_dir}'s; an ensemble "
-                                       "needs runs with one vocabulary")
-            outputs = combine_outputs(task, [r[2] for r in rows]) if len(rows) > 1 else rows[0][2]
-            path = out_dir / f"{TASK_FILE_PREFIX[task]}-{split}-output.csv"
-            write_predictions(path, task, ids, _every_row(task, ids, index,
-                                                          to_predictions(task, outputs)))
-            written.append(path)
-            if split == "dev":  # scored on the rows with a valid label
-                gold[task] = data_lib.load_task(base / name, task, split, first.tokenizer,
-                                                max_length=first.max_length,
-                                                limit=limit or None, skip_bad_rows=True)
-                picked = np.array([index[i] for i in gold[task].example_ids], np.int64)
-                dev_outputs[task] = outputs[picked]
-                dev_predictions[task] = to_predictions(task, dev_outputs[task])
-                dev_files[task] = {"path": str((base / name).resolve()),
-                                   "sha256": _sha256(base / name)}
-    scores = score_predictions(dev_predictions, gold)
-    written += write_eval_plots(out_dir, dev_outputs, {t: d.labels for t, d in gold.items()})
+    dev_ids, left_out = {}, {}
+    for rows in splits:
+        task = rows.task
+        outputs = [_predict_split(m, rows, progress, f"eval {task} {rows.path.name}"
+                                  + (f" [{k + 1}/{len(members)}]" if len(members) > 1 else ""))
+                   for k, m in enumerate(members)]
+        outputs = combine_outputs(task, outputs) if len(outputs) > 1 else outputs[0]
+        path = out_dir / rows.output_name
+        write_predictions(path, task, list(rows.ds["id"]), to_predictions(task, outputs))
+        written.append(path)
+        if rows.left_out:
+            print(rows.describe(), file=sys.stderr)
+            left_out[rows.output_name] = [{"line": line, "id": ex_id}
+                                          for line, ex_id in rows.left_out]
+        if rows.split == "dev":
+            gold[task] = np.asarray(list(rows.ds["label"]),
+                                    np.float32 if task == "sts" else np.int32)
+            dev_ids[task] = list(rows.ds["id"])
+            dev_outputs[task] = outputs
+            dev_predictions[task] = to_predictions(task, outputs)
+            dev_files[task] = {"path": str(rows.path.resolve()), "sha256": _sha256(rows.path)}
+    scores = metrics.dev_scores(dev_predictions, gold)
+    written += write_eval_plots(out_dir, dev_outputs, gold)
     if dev_outputs:
         np.savez(out_dir / DEV_OUTPUTS_FILE, **{
-            **dev_outputs, **{f"{t}_ids": np.asarray(gold[t].example_ids, dtype=str)
+            **dev_outputs, **{f"{t}_ids": np.asarray(dev_ids[t], dtype=str)
                               for t in dev_outputs}})
         written.append(out_dir / DEV_OUTPUTS_FILE)
     single = len(run_dirs) == 1
     scores.update(checkpoint_step=first.run.meta.get("step") if single else None,
                   which=first.run.which, limit=limit, max_length=first.max_length,
-                  dev_files=dev_files, dev_outputs=DEV_OUTPUTS_FILE if dev_outputs else None)
+                  dev_files=dev_files, dev_outputs=DEV_OUTPUTS_FILE if dev_outputs else None,
+                  left_out=left_out)
     if not single:
         scores.update(combine=combine, runs=sources)
     (out_dir / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n")
