@@ -20,6 +20,7 @@ from benchmarks.report import (DEFINITIONS, environment, load_average, plot_swee
 from benchmarks.timing import bench_encode, bench_train
 from benchmarks.workload import MODELS, BenchData, load_jax_model
 from bert_jax.cli import prog
+from train.flags import seed_int
 
 log = logging.getLogger("benchmarks")
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch intra-op threads (0: one per CPU, as XLA's thread pool)")
     p.add_argument("--lr", type=float, default=1e-5,
                    help="AdamW learning rate of the timed train steps (both frameworks)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the random weights (the heads; the encoder too with --model "
                         "bert-base / tiny) and of the --seq-len batch")
     p.add_argument("--data-dir", default=None,

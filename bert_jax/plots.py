@@ -16,35 +16,68 @@ prediction plot), and the sum of the losses / the overall score in `TASK_COLORS[
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from bert_jax.errors import MissingFileError
+from bert_jax.errors import BertJaxError, MissingFileError
 from bert_jax.metrics import pearson
 
 SST_CLASSES = ("very neg", "neg", "neutral", "pos", "very pos")
 # One colour per task in every figure; "all": the sum of the task losses and the overall score.
 TASK_COLORS = {"sst": "tab:blue", "para": "tab:orange", "sts": "tab:green", "all": "black"}
+logger = logging.getLogger(__name__)
 _TASK_CMAPS = {"sst": "Blues"}  # the SST confusion matrix: shades of SST's colour
 # (key in the logs, legend label, task)
 _TASK_LOSSES = (("loss", "sum of task losses", "all"), ("loss_sst", "SST (cross-entropy)", "sst"),
                 ("loss_para", "paraphrase (BCE)", "para"), ("loss_sts", "STS (MSE)", "sts"))
+DEV_KEYS = ("step", "epoch")  # what every record of metrics.jsonl holds
 _DEV_METRICS = (("sst_acc", "SST accuracy", "sst"), ("para_acc", "paraphrase accuracy", "para"),
                 ("sts_r", "STS Pearson r", "sts"), ("overall", "overall", "all"))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+class LogError(BertJaxError, ValueError):
+    """A damaged JSON-lines log of a run (train_log.jsonl, metrics.jsonl, results.jsonl); the
+    message names the file, the line (1-based) and the fix."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_jsonl(path: str | Path, keys: tuple[str, ...] = ("step",)) -> list[dict]:
+    """The records of a JSON-lines log, one JSON object per line holding a number for every key
+    of `keys` (blank lines skipped). A last line cut short without its newline (a kill mid-write: the
+    normal crash case) is dropped with a warning; any other line that is not such an object
+    raises `LogError` naming the file and the line."""
+    path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file; pass the --out folder of a training run")
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill mid-write: skip it
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: cut short by a kill mid-write
+                logger.warning("%s: line %d is cut short (the run was killed while writing "
+                               "it); ignoring it", path, number)
                 continue
+            record = None
+        missing = ([k for k in keys if not _is_number(record.get(k))]
+                   if isinstance(record, dict) else None)
+        if missing is None or missing:
+            what = (f"has no number for {', '.join(repr(k) for k in missing)}" if missing
+                    else "is not a JSON object")
+            raise LogError(f"{path}: line {number} {what} (each line is one record the run "
+                           f"wrote, with {', '.join(keys) or 'its fields'}); delete that line "
+                           "or restore the file from a copy")
+        rows.append(record)
     return rows
 
 
@@ -85,9 +118,9 @@ def _last_epoch(log: list[dict], dev: list[dict]) -> float:
 def training_curves_figure(run_dir: str | Path) -> Figure:
     """The figure of `training_curves`, not yet saved."""
     run_dir = Path(run_dir)
-    log = _read_jsonl(run_dir / "train_log.jsonl")
+    log = read_jsonl(run_dir / "train_log.jsonl")
     metrics_path = run_dir / "metrics.jsonl"
-    dev = _read_jsonl(metrics_path) if metrics_path.is_file() else []
+    dev = read_jsonl(metrics_path, DEV_KEYS) if metrics_path.is_file() else []
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_dev = fig.subplots(1, 2)
     for key, label, task in _TASK_LOSSES:

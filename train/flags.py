@@ -1,18 +1,36 @@
 """The command line of `python -m train.multitask`: one flag per `TrainConfig` field, defaulting
-to the preset's (or the `--config` file's) value."""
+to the preset's (or the `--config` file's) value; and what it checks before any work (an `--out`
+that holds a run, a CPU where `--no-allow-cpu` asks for a GPU/TPU)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from pathlib import Path
 
-from bert_jax.checkpoints import read_json
+from bert_jax.checkpoints import RunCheckpoints, read_json
 from bert_jax.cli import prog
 from train.config import PRESET_NOTES, PRESETS, TrainConfig
 from train.errors import TrainingError
 
 
+SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds: unsigned 32-bit words
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, a whole number from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass a seed from 0 to "
+                                         f"{SEED_MAX}")
+    return value
+
+
 def field_type(field: dataclasses.Field):
+    if field.name == "seed":
+        return seed_int
     if field.metadata.get("type") is not None:
         return field.metadata["type"]
     if field.name == "tasks":
@@ -23,7 +41,13 @@ def field_type(field: dataclasses.Field):
 def shown_default(value) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
-    return repr(value) if value == "" else str(value)
+    return "none" if value == "" else str(value)
+
+
+def field_help(field: dataclasses.Field, default) -> str:
+    """A field's help with its default, `(default X)`, unless the help says its own default."""
+    text = field.metadata["help"]
+    return text if "(default" in text else f"{text} (default {shown_default(default)})"
 
 
 def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
@@ -46,12 +70,15 @@ def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
                         help="run folder (default checkpoints/PRESET)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (plain log lines only)")
-    group = parser.add_argument_group(f"settings (default: {base_name}'s value)")
+    parser.add_argument("--allow-cpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="run where JAX has only the CPU (default yes); --no-allow-cpu "
+                             "refuses to start there, as `make train-full` does: a full run "
+                             "takes many hours on a CPU")
+    group = parser.add_argument_group(f"settings (each defaults to {base_name}'s value)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(base, field.name)
-        kwargs = {"default": None,
-                  "help": f"{field.metadata['help']} (default {shown_default(default)})"}
+        kwargs = {"default": None, "help": field_help(field, default)}
         if field.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -83,3 +110,36 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
     return (base or PRESETS[args.preset]).replace(**overrides)
+
+
+def changed_settings(cfg: TrainConfig, base: TrainConfig) -> dict:
+    """The settings of `cfg` that differ from `base` (the preset or `--config` file)."""
+    now, before = cfg.to_dict(), base.to_dict()
+    return {k: v for k, v in now.items() if before.get(k) != v}
+
+
+def check_new_run(out: Path, resume: bool) -> None:
+    """Refuse, before any work, an `out` whose last/ holds a checkpoint when `resume` is off:
+    continuing it, writing elsewhere or starting over is the user's choice."""
+    if resume:
+        return
+    checkpoints = RunCheckpoints(out, read_only=True)
+    try:
+        step = checkpoints.latest_step("last")
+    finally:
+        checkpoints.close()
+    if step is not None:
+        raise TrainingError(
+            f"{out} already holds a run (its last/ checkpoint is at step {step}): pass --resume "
+            f"to continue it (make train ARGS=--resume), another --out for a new run (make train "
+            f"OUT=checkpoints/NAME), or delete {out} to start over")
+
+
+def check_backend(allow_cpu: bool | None, backend: str, total_steps_hint: str) -> None:
+    """Refuse to start on the CPU under --no-allow-cpu (`allow_cpu` False; None: the flag not
+    given, allowed); `total_steps_hint`: the run's length, said in the message ("10 epochs")."""
+    if backend == "cpu" and allow_cpu is False:
+        raise TrainingError(
+            f"JAX runs on the CPU here (no usable GPU/TPU), where this run ({total_steps_hint}) "
+            "takes many hours: pass --allow-cpu to run it anyway (make train-full ALLOW_CPU=1), "
+            "install the GPU build (make install ACCEL=cuda), or run the short `make train`")
