@@ -2,6 +2,7 @@
 truncation counted, sentences empty once normalised treated as bad rows."""
 from __future__ import annotations
 
+import csv
 import logging
 import subprocess
 import sys
@@ -12,22 +13,55 @@ import pytest
 
 from bert_jax.cs224n import DataError
 from bert_jax.data import load_task
+from bert_jax.embedded import embedded_model_dir
+from conftest import require
 from csv_files import HEADERS, sst_file, write_tsv
 
 
+def _rows(path: Path) -> list[dict]:
+    """The file's rows as `csv.DictReader` reads the CS224N tab-separated files."""
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
 def test_load_task(data_dir, tokenizer, tmp_path):
-    dev = load_task(data_dir, "sts", "dev", tokenizer, max_length=64, limit=50,
+    """Ids, labels and token ids of each example equal an independent reading: csv.DictReader
+    for the rows, transformers' BertTokenizerFast for the ids (truncated to max_length)."""
+    hf = require("transformers").BertTokenizerFast.from_pretrained(embedded_model_dir())
+
+    def hf_ids(sentences: list[str], max_length: int) -> list[list[int]]:
+        return hf(sentences, truncation=True, max_length=max_length)["input_ids"]
+
+    dev = load_task(data_dir, "sts", "dev", tokenizer, max_length=16, limit=50,
                     cache_dir=tmp_path)
-    assert len(dev) == 50 and dev.labels.shape == (50,) and dev.ids2 is not None
-    assert dev.source.endswith("sts-dev.csv")
+    rows = _rows(data_dir / "sts-dev.csv")[:50]
+    assert dev.source.endswith("sts-dev.csv") and len(dev) == 50
+    assert dev.example_ids == [r["id"] for r in rows]
+    np.testing.assert_array_equal(dev.labels, np.float32([float(r["similarity"]) for r in rows]))
+    assert dev.labels.dtype == np.float32
+    for ids, want in ((dev.ids1, hf_ids([r["sentence1"] for r in rows], 16)),
+                      (dev.ids2, hf_ids([r["sentence2"] for r in rows], 16))):
+        assert [a.tolist() for a in ids] == want
+    full = [len(x) for x in hf([r[k] for r in rows for k in ("sentence1", "sentence2")])["input_ids"]]
+    assert dev.truncated == sum(n > 16 for n in full) > 0
     test = load_task(data_dir / "sts-test-student.csv", "sts", "test", tokenizer,
                      max_length=64, limit=200, cache_dir=tmp_path)
-    assert len(test) == 200 and test.labels is None
+    test_rows = _rows(data_dir / "sts-test-student.csv")[:200]
+    assert test.labels is None and test.example_ids == [r["id"] for r in test_rows]
+    assert [a.tolist() for a in test.ids1] == hf_ids([r["sentence1"] for r in test_rows], 64)
+    sst = load_task(data_dir, "sst", "dev", tokenizer, limit=100, cache_dir=tmp_path)
+    sst_rows = _rows(data_dir / "ids-sst-dev.csv")[:100]
+    assert sst.ids2 is None and sst.labels.dtype == np.int32
+    np.testing.assert_array_equal(sst.labels, [int(r["sentiment"]) for r in sst_rows])
+    assert [a.tolist() for a in sst.ids1] == hf_ids([r["sentence"] for r in sst_rows], 128)
     with pytest.raises(DataError, match="no test file"):
         load_task(data_dir, "para", "test", tokenizer, cache_dir=tmp_path)
-    para = load_task(data_dir, "para", "dev", tokenizer, limit=300, skip_bad_rows=True,
+    para = load_task(data_dir, "para", "dev", tokenizer, limit=2000, skip_bad_rows=True,
                      cache_dir=tmp_path)
-    assert len(para) == 300 and para.labels.dtype == np.int32
+    para_rows = _rows(data_dir / "quora-dev.csv")[:2000]  # lines 2-2001: before the bad rows
+    assert para.example_ids == [r["id"] for r in para_rows]
+    np.testing.assert_array_equal(para.labels, [int(float(r["is_duplicate"])) for r in para_rows])
+    assert para.labels.dtype == np.int32
     with pytest.raises(DataError, match="line 2577"):
         load_task(data_dir, "para", "dev", tokenizer, limit=300, cache_dir=tmp_path)
 
