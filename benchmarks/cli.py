@@ -19,8 +19,7 @@ from benchmarks.report import (DEFINITIONS, environment, load_average, plot_swee
                                    print_profiles, print_report, write_json)
 from benchmarks.timing import bench_encode, bench_train
 from benchmarks.workload import MODELS, BenchData, load_jax_model
-from bert_jax.cli import prog
-from train.flags import seed_int
+from bert_jax.cli import prog, seed_int
 
 log = logging.getLogger("benchmarks")
 

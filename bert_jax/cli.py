@@ -42,6 +42,18 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds: unsigned 32-bit words
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, a whole number from 0 to SEED_MAX (2**32 - 1)."""
+    value = _whole(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass a seed from 0 to "
+                                         f"{SEED_MAX}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     try:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from train import ablation
-from train.flags import SEED_MAX
+from bert_jax.cli import SEED_MAX
 
 RECORD = {"run": "baseline-seed11711", "preset": "baseline", "base_preset": "baseline",
           "overrides": {}, "seed": 11711, "epochs": 1, "wall_seconds": 60.0,

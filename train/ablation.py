@@ -20,13 +20,13 @@ from pathlib import Path
 import jax
 
 from bert_jax.checkpoints import newest_checkpoint
-from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_float, prog
+from bert_jax.cli import (add_data_dir, nonnegative_int, output_dir, positive_float, prog,
+                          seed_int)
 from bert_jax.errors import BertJaxError
 from bert_jax.outputs import check_output_folder
 from bert_jax.plots import read_jsonl
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.evaluate import closing_block
-from train.flags import seed_int
 from train.multitask import data_files, train_and_evaluate
 
 # What every line of results.jsonl holds (numbers), as `table` prints them.

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from bert_jax.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from bert_jax.cli import (nonnegative_float, nonnegative_int, positive_float, positive_int,
+                          seed_int)
 from bert_jax.cs224n import TASKS
 from bert_jax.errors import ConfigError
 from bert_jax.heads import HeadConfig
@@ -118,7 +119,7 @@ class TrainConfig:
                                nonnegative_float)
     # Run
     seed: int = setting(11711, "seed of the heads' initialisation, dropout and data order",
-                        nonnegative_int)
+                        seed_int)
     max_steps: int = setting(0, "stop after this many steps in all (0: no limit); dev scores are "
                              "still computed", nonnegative_int)
     limit_train: int = setting(0, "use only the first N training examples of each task (0: all)",

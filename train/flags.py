@@ -13,24 +13,7 @@ from train.config import PRESET_NOTES, PRESETS, TrainConfig
 from train.errors import TrainingError
 
 
-SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds: unsigned 32-bit words
-
-
-def seed_int(text: str) -> int:
-    """argparse type: a random seed, a whole number from 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: pass a seed from 0 to "
-                                         f"{SEED_MAX}")
-    return value
-
-
 def field_type(field: dataclasses.Field):
-    if field.name == "seed":
-        return seed_int
     if field.metadata.get("type") is not None:
         return field.metadata["type"]
     if field.name == "tasks":
