@@ -93,6 +93,9 @@ def test_nothing_is_downloaded_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported: that may have been
+    # during an offline_cache test of this process
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("BERT_JAX_DOWNLOAD", raising=False)
     with pytest.raises(FileNotFoundError, match="downloads are off \\(set BERT_JAX_DOWNLOAD=1"):
         hub.hub_model_dir("bert-base-uncased")
@@ -118,6 +121,9 @@ def test_the_real_lookup_opens_no_connection_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported: that may have been
+    # during an offline_cache test of this process
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("BERT_JAX_DOWNLOAD", raising=False)
     snapshot = hub_cache(tmp_path / "hub", "org/cached-bert", {"config.json": b"{}"})
     assert hub.hub_model_dir("org/cached-bert") == snapshot
@@ -141,6 +147,9 @@ def test_a_name_the_hub_rejects_is_one_line_before_any_lookup(name, tmp_path, mo
     monkeypatch.setattr(hub, "snapshot_download", no_lookup)
     monkeypatch.setenv("BERT_JAX_DOWNLOAD", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported: that may have been
+    # during an offline_cache test of this process
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.chdir(tmp_path)
     for lookup in (resolve_model_dir, hub.hub_model_dir):
         with pytest.raises(BertJaxError) as err:
