@@ -147,7 +147,9 @@ def test_smoke_run_figures_hold(smoke_json, data_dir):
             assert version == importlib.metadata.version(name), name
     for name, stage in res["stages"].items():
         assert 0 < stage["seconds"] <= stage["limit_seconds"], (name, stage)
-    assert res["wall_seconds"] >= sum(s["seconds"] for s in res["stages"].values())
+    # each figure is rounded to 0.1 s: the stages' sum may exceed the wall time by 0.05 a figure
+    stage_sum = sum(s["seconds"] for s in res["stages"].values())
+    assert res["wall_seconds"] >= stage_sum - 0.05 * (len(res["stages"]) + 1)
     assert res["wall_seconds"] <= res["budget_seconds"]
 
     # Correctness: 16 STS dev pairs, padded to the multiple of 64 above the longest, packed
