@@ -11,8 +11,7 @@ import numpy as np
 from bert_jax.batching import choose_buckets, padding_waste
 from bert_jax.cs224n import default_file, find_data_dir, load_split
 from bert_jax.data import load_task
-from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, Sentences,
-                                  TaskLabels)
+from bert_jax.batch_types import Batch, PackedInputs, PaddedInputs, Sentences, TaskLabels
 from bert_jax.config import PRESETS, BertConfig
 from bert_jax.embedded import DEFAULT_MODEL, resolve_model_dir
 from bert_jax.heads import HeadConfig, init_multitask_params
@@ -114,7 +113,7 @@ class BenchData:
 def make_sample(index: int, arrays: Batch, calls) -> dict:
     """A timed step: JAX's `Batch`, PyTorch's encoder calls, the labels and the work sizes."""
     return {"index": index, "jax": arrays, "torch": calls,
-            "labels": {t: getattr(arrays.labels, t) for t in ("sst", "para", "sts")},
+            "labels": dict(arrays.labels.by_task),
             "jax_shapes": jax_shapes(arrays), "torch_shapes": [m.shape for _, m in calls],
             "real_tokens": sum(int(m.sum()) for _, m in calls)}
 
@@ -152,15 +151,15 @@ def synthetic_batch(batch_size: int, length: int, vocab_size: int, seed: int = 0
     PyTorch get the same [5B, T] arrays, no padding."""
     rng = np.random.default_rng(seed)
     sentences = {}
-    for task, sides in TASK_SENTENCES.items():
-        sentences[task] = []
-        for _ in sides:
+    for task in TrainConfig().task_definitions():
+        sentences[task.name] = []
+        for _ in task.sides:
             ids = rng.integers(1000, min(vocab_size, 30000),
                                size=(batch_size, length)).astype(np.int32)
             ids[:, 0], ids[:, -1] = 101, 102
-            sentences[task].append(Sentences(ids, np.ones((batch_size, length), np.int32)))
-    labels = TaskLabels(sst=rng.integers(0, 5, batch_size).astype(np.int32),
-                        para=rng.integers(0, 2, batch_size).astype(np.int32),
-                        sts=rng.uniform(0, 5, batch_size).astype(np.float32))
-    arrays = Batch(PaddedInputs(**{t: tuple(s) for t, s in sentences.items()}), labels)
+            sentences[task.name].append(Sentences(ids, np.ones((batch_size, length), np.int32)))
+    labels = TaskLabels({"sst": rng.integers(0, 5, batch_size).astype(np.int32),
+                         "para": rng.integers(0, 2, batch_size).astype(np.int32),
+                         "sts": rng.uniform(0, 5, batch_size).astype(np.float32)})
+    arrays = Batch(PaddedInputs({t: tuple(s) for t, s in sentences.items()}), labels)
     return make_sample(0, arrays, torch_calls(None, None, arrays, "same", 0))

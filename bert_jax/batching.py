@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bert_jax.task_data import TaskData
+from bert_jax.task_data import TaskData, label_dtype
 from bert_jax.tokenizer import pad_ids
 
 
@@ -122,14 +122,14 @@ def epoch_order(num_examples: int, batch_size: int, *, seed: int, epoch: int, le
 
 
 def batch_labels(data: TaskData, indices) -> np.ndarray:
-    """The labels of examples `indices` ([B]): int32 for sst/para, float32 for sts."""
-    return data.labels[np.asarray(indices)].astype(np.float32 if data.task == "sts" else np.int32)
+    """The labels of examples `indices` ([B]): int32 class indices, float32 scores."""
+    return data.labels[np.asarray(indices)].astype(label_dtype(data.spec))
 
 
 def make_batch(data: TaskData, indices, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
     """Padded arrays for the examples `indices` ([B]): `input_ids_1`, `attention_mask_1` int32
-    [B, length] (and `_2` for pair tasks); `labels` [B] (int32 for sst/para, float32 for sts)
-    when labeled. Indices of -1 (the empty slots `epoch_order(drop_last=False)` leaves) repeat
+    [B, length] (and `_2` for bi-encoded pairs; `token_type_ids_1` for a cross-encoded pair);
+    `labels` [B] (int32 class indices, float32 scores) when labeled. Indices of -1 (the empty slots `epoch_order(drop_last=False)` leaves) repeat
     the batch's first example and add `valid` [B] bool, False there.
     """
     indices = np.asarray(indices, np.int64)
@@ -142,6 +142,8 @@ def make_batch(data: TaskData, indices, length: int, pad_id: int = 0) -> dict[st
     batch = {}
     ids, mask = pad_ids([data.ids1[i] for i in idx], length, pad_id)
     batch["input_ids_1"], batch["attention_mask_1"] = ids, mask
+    if data.first is not None:
+        batch["token_type_ids_1"] = pad_ids([data.type_ids(i) for i in idx], length, 0)[0]
     if data.ids2 is not None:
         ids, mask = pad_ids([data.ids2[i] for i in idx], length, pad_id)
         batch["input_ids_2"], batch["attention_mask_2"] = ids, mask

@@ -31,6 +31,7 @@ from flax import traverse_util
 from bert_jax.config import BertConfig, check_vocab
 from bert_jax.errors import BertJaxError, write_failure
 from bert_jax.heads import HeadConfig, init_multitask_params
+from bert_jax.tasks import Task
 
 log = logging.getLogger("bert_jax.checkpoints")
 
@@ -326,7 +327,10 @@ def run_configs(run_dir: Path) -> tuple[BertConfig, HeadConfig]:
     train_config = read_json(path)
     try:
         heads = HeadConfig(**{f.name: train_config[f.name]
-                              for f in dataclasses.fields(HeadConfig) if f.name in train_config})
+                              for f in dataclasses.fields(HeadConfig) if f.name in train_config},
+                           extra_tasks=tuple(Task.from_dict({k: v for k, v in t.items()
+                                                             if k != "sha256"})
+                                             for t in train_config.get("user_tasks") or ()))
         max_length = train_config.get("max_length", 128)  # what readers tokenize to
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length {max_length!r} is not a whole number of at least 2")

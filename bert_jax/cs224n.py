@@ -1,7 +1,9 @@
-"""The Stanford CS224N minBERT files: names, parsing and validation.
+"""A task's files: parsing and validation, for the CS224N files and a user task's own.
 
-Files are tab-separated, an unnamed row-index first column, double-quote quoting, parsed exactly
-as `csv.DictReader(f, delimiter="\\t")` parses them; `load_split` returns a validated
+The CS224N files are tab-separated, an unnamed row-index first column, double-quote quoting,
+parsed exactly as `csv.DictReader(f, delimiter="\\t")` parses them; a user task's `.csv` (comma),
+`.tsv` (tab) or `.jsonl` (one JSON object a line) are read the same way, their columns named by
+the task's definition (`bert_jax.tasks.Task`). `load_split` returns a validated
 `datasets.Dataset`. Bad rows raise `DataError` naming the file, the line and the fix, or are
 skipped and listed (`skip_bad_rows=True`). Knows nothing of tokenizers, models or JAX.
 """
@@ -10,36 +12,22 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from bert_jax.errors import BertJaxError
+from bert_jax.json_rows import iter_json_records
+from bert_jax.labels import parse_label
+from bert_jax.tasks import BUILTIN_NAMES, BUILTINS, SPLITS, Task, as_task
 
 if TYPE_CHECKING:  # imported where a file is read: the task names need no `datasets` (1 s)
     import datasets
 
 logger = logging.getLogger("bert_jax.data")
 
-TASKS = ("sst", "para", "sts")
-SPLITS = ("train", "dev", "test")
-
-_DEFAULT_FILES = {
-    ("sst", "train"): "ids-sst-train.csv",
-    ("sst", "dev"): "ids-sst-dev.csv",
-    ("sst", "test"): "ids-sst-test-student.csv",
-    ("para", "train"): "quora-train.csv",
-    ("para", "dev"): "quora-dev.csv",
-    ("sts", "train"): "sts-train.csv",
-    ("sts", "dev"): "sts-dev.csv",
-    ("sts", "test"): "sts-test-student.csv",
-}
-# Columns by task: the sentence columns of the file and the label column.
-_TEXT_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"),
-                 "sts": ("sentence1", "sentence2")}
-_LABEL_COLUMN = {"sst": "sentiment", "para": "is_duplicate", "sts": "similarity"}
+TASKS = BUILTIN_NAMES
+_DEFAULT_FILES = {(t.name, split): name for t in BUILTINS.values() for split, name in t.files}
 SKIP_HINT = "Fix or delete the row, or pass skip_bad_rows=True (--skip-bad-rows) to skip bad rows"
 
 
@@ -53,23 +41,21 @@ def data_error(path, line: int | None, problem: str, hint: str) -> DataError:
     return DataError(f"{where}: {problem}. {hint}")
 
 
-def is_pair_task(task: str) -> bool:
-    check_task(task)
-    return task != "sst"
+def is_pair_task(task: Task | str) -> bool:
+    return as_task(task).is_pair
 
 
-def check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+def check_task(task: Task | str) -> None:
+    as_task(task)
 
 
-def default_file(task: str, split: str) -> str | None:
-    """The CS224N file name of `task`'s `split` ("train", "dev", "test"); None if there is none
-    (para has no test file)."""
-    check_task(task)
+def default_file(task: Task | str, split: str) -> str | None:
+    """The file of `task`'s `split` ("train", "dev", "test"): a built-in's CS224N file name, a
+    user task's path; None if there is none (para has no test file)."""
+    task = as_task(task)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    return _DEFAULT_FILES.get((task, split))
+    return task.file(split)
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -202,61 +188,30 @@ def _holds_break(fields: Sequence[str], delimiter: str) -> bool:
     return any(ch in field for field in fields for ch in breaks)
 
 
-_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
-
-
-def _parse_label(task: str, value: str) -> tuple[Any, str | None]:
-    """(label, None) or (None, what is wrong). A label is a plain decimal number (`3`, `1.0`,
-    `4.25`; a sign and spaces around it allowed): no exponent, digit separator, `inf`/`nan` or
-    non-ASCII digit, which `float()` would accept."""
-    name = _LABEL_COLUMN[task]
-    if value.strip() == "":
-        return None, f"{name} is empty (the row has no label)"
-    if not _PLAIN_NUMBER.fullmatch(value.strip(" ")):
-        try:
-            x = float(value)
-        except ValueError:
-            return None, f"{name} {value!r} is not a number"
-        if not math.isfinite(x):
-            return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
-        return None, f"{name} {value!r} is not a plain decimal number (like 3 or 1.0)"
-    x = float(value)
-    if not math.isfinite(x):
-        return None, f"{name} is {value.strip()!r}: labels must be finite numbers"
-    if task == "sst":
-        if x != int(x) or not 0 <= x <= 4:
-            return None, f"{name} {value!r} is not one of 0, 1, 2, 3, 4"
-        return int(x), None
-    if task == "para":
-        if x not in (0.0, 1.0):
-            return None, f"{name} {value!r} is not 0 or 1 (0.0 / 1.0)"
-        return int(x), None
-    if not 0.0 <= x <= 5.0:
-        return None, f"{name} {value!r} is outside 0..5"
-    return x, None
-
-
-def _check_header(path: Path, header: list[str], task: str, labeled: bool) -> dict[str, int]:
+def _check_header(path: Path, header: list[str], task: Task, labeled: bool) -> dict[str, int]:
     """{column name: position} of a header that has the task's columns; else DataError. As
     DictReader does, a name that repeats maps to its last position."""
     bad = _bad_bytes(header)
     if bad:
         raise data_error(path, 1, f"the header has bytes that are not UTF-8 (byte {bad})",
                          _NOT_UTF8_HINT)
-    if len(header) == 1 and "," in header[0]:
+    if len(header) == 1 and "," in header[0] and task.name in BUILTINS:
         raise data_error(path, 1, "the file looks comma-separated; the CS224N files are "
                          "tab-separated",
                          "Save it with tabs between the columns (e.g. pandas `to_csv(sep='\\t')`)")
-    label_col = _LABEL_COLUMN[task] if labeled else None
-    wanted = ("id",) + _TEXT_COLUMNS[task] + ((label_col,) if label_col else ())
+    label_col = task.label if labeled else None
+    wanted = ((task.id,) if task.id else ()) + task.text + ((label_col,) if label_col else ())
     missing = [c for c in wanted if c not in header]
     if missing:
         hint = "Check that the file belongs to this task and is tab-separated"
+        if task.name not in BUILTINS:
+            hint = (f"Check the column names of task {task.name!r} in the task file (keys "
+                    "text, label, id) and the file's separator")
         if missing == [label_col]:
             hint = ("An unlabeled (test) file? Pass labeled=False (split 'test') to load it "
                     "without labels")
         raise data_error(path, 1, f"missing column{'s' if len(missing) > 1 else ''} "
-                   f"{', '.join(missing)} (task {task!r} expects {', '.join(wanted)}; "
+                   f"{', '.join(missing)} (task {task.name!r} expects {', '.join(wanted)}; "
                    f"the header has {', '.join(repr(h) for h in header) or 'no columns'})", hint)
     return {name: i for i, name in enumerate(header)}
 
@@ -274,27 +229,26 @@ def _row_shape_problem(row: list[str], header: list[str]) -> str | None:
     return None
 
 
-def _parse_row(row: list[str], pos: dict[str, int], task: str, labeled: bool,
-               first_line_of: dict[str, int]) -> tuple[str, list[str], Any, str | None]:
+def _parse_row(row: list[str], pos: dict[str, int], task: Task, labeled: bool,
+               first_line_of: dict[str, int], line: int) -> tuple[str, list[str], Any, str | None]:
     """(id, sentences lowercased and stripped, label or None, problem or None) of a row whose
-    fields have the header's shape."""
-    ex_id = row[pos["id"]].strip()
-    text_cols = _TEXT_COLUMNS[task]
-    sents = [row[pos[c]].lower().strip() for c in text_cols]
+    fields have the header's shape. A task without an id column takes the line number."""
+    ex_id = row[pos[task.id]].strip() if task.id else str(line)
+    sents = [row[pos[c]].lower().strip() for c in task.text]
     label = None
     if not ex_id:
         return ex_id, sents, None, "the id is empty"
-    if (empty := [c for c, s in zip(text_cols, sents) if not s]):
+    if (empty := [c for c, s in zip(task.text, sents) if not s]):
         return ex_id, sents, None, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
     if ex_id in first_line_of:
         return ex_id, sents, None, f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
     if labeled:
-        label, problem = _parse_label(task, row[pos[_LABEL_COLUMN[task]]])
+        label, problem = parse_label(task, row[pos[task.label]])
         return ex_id, sents, label, problem
     return ex_id, sents, None, None
 
 
-def _to_dataset(task: str, labeled: bool, ids, texts, labels, lines) -> datasets.Dataset:
+def _to_dataset(task: Task, labeled: bool, ids, texts, labels, lines) -> datasets.Dataset:
     import datasets  # here, not at the top: `import bert_jax.api` needs no `datasets`
     columns: dict[str, list] = {"id": ids, "sentence1": texts[0]}
     features = {"id": datasets.Value("string"), "sentence1": datasets.Value("string")}
@@ -303,36 +257,48 @@ def _to_dataset(task: str, labeled: bool, ids, texts, labels, lines) -> datasets
         features["sentence2"] = datasets.Value("string")
     if labeled:
         columns["label"] = labels
-        features["label"] = datasets.Value("float32" if task == "sts" else "int64")
+        features["label"] = datasets.Value("int64" if task.is_classification else "float32")
     columns["line"] = lines
     features["line"] = datasets.Value("int64")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool = True,
+def _delimiter(path: Path, task: Task) -> str:
+    if task.delimiter:
+        return task.delimiter
+    return "," if path.suffix.lower() == ".csv" and task.name not in BUILTINS else "\t"
+
+
+def load_split_with_report(path: str | os.PathLike, task: Task | str, *, labeled: bool = True,
                            skip_bad_rows: bool = False
                            ) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
     """Like `load_split`, and also the skipped rows as a list of (line, reason).
 
     Without `skip_bad_rows` the list is empty: the first bad row raises DataError.
     """
-    check_task(task)
+    task = as_task(task)
     path = Path(path)
-    header, records = iter_records(path, _read_text(path))
+    if path.suffix.lower() == ".jsonl":
+        header, records = iter_json_records(path, _read_text(path), task, labeled)
+    else:
+        header, records = iter_records(path, _read_text(path), _delimiter(path, task))
     header = header or []
     pos = _check_header(path, header, task, labeled)
     ids, lines, labels = [], [], []
-    texts: list[list[str]] = [[] for _ in _TEXT_COLUMNS[task]]
+    texts: list[list[str]] = [[] for _ in task.text]
     skipped: list[tuple[int, str]] = []
     first_line_of: dict[str, int] = {}
     for line, _, row, problem in records:
         problem = problem or _row_shape_problem(row, header)
         if problem is None:
-            ex_id, sents, label, problem = _parse_row(row, pos, task, labeled, first_line_of)
+            ex_id, sents, label, problem = _parse_row(row, pos, task, labeled, first_line_of,
+                                                      line)
         if problem is not None:
             if not skip_bad_rows:
                 hint = (_NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)"
                         if problem.startswith("bytes") else SKIP_HINT)
+                if task.name not in BUILTINS:
+                    problem = f"task {task.name!r}: {problem}"
                 raise data_error(path, line, problem, hint)
             skipped.append((line, problem))
             continue
@@ -355,12 +321,12 @@ def load_split_with_report(path: str | os.PathLike, task: str, *, labeled: bool 
     return _to_dataset(task, labeled, ids, texts, labels, lines), skipped
 
 
-def load_split(path: str | os.PathLike, task: str, *, labeled: bool = True,
+def load_split(path: str | os.PathLike, task: Task | str, *, labeled: bool = True,
                skip_bad_rows: bool = False, cache_dir=None) -> datasets.Dataset:
-    """One CS224N file as a `datasets.Dataset`, validated.
+    """One task file as a `datasets.Dataset`, validated (`task`: a definition or a built-in name).
 
     Columns: `id` (str), `sentence1` (str, lowercased and stripped), `sentence2` (pair tasks),
-    `label` (when `labeled`: int64 0..4 for sst, int64 0/1 for para, float32 0..5 for sts) and
+    `label` (when `labeled`: int64 class index, float32 score) and
     `line` (int64, the first line of the row in the file). Bad rows raise DataError, or are
     skipped and counted in a warning on the `bert_jax.data` logger with `skip_bad_rows=True`.
     `cache_dir` is accepted for symmetry with `tokenize_split`; parsing is not cached (it takes

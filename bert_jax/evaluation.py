@@ -108,10 +108,12 @@ class Evaluator:
     def predictions(self, params, splits: dict[str, TaskData], progress: bool = False
                     ) -> dict[str, np.ndarray]:
         """{task: [n] predictions} (see `to_predictions`) for every split given."""
-        return {t: to_predictions(t, self.outputs(params, d, t, progress))
+        return {t: to_predictions(d.spec, self.outputs(params, d, t, progress))
                 for t, d in splits.items()}
 
     def scores(self, params, dev: dict[str, TaskData], progress: bool = False) -> dict:
-        """SST accuracy, paraphrase accuracy, STS Pearson r, overall (for the tasks given)."""
+        """Each task's dev score (`sst_acc`, `para_acc`, `sts_r`, `<name>_acc`, `<name>_r`) and
+        `overall` over all of them, for the splits given (in their order)."""
         predictions = self.predictions(params, dev, progress)
-        return metrics.dev_scores(predictions, {t: dev[t].labels for t in predictions})
+        return metrics.dev_scores(predictions, {t: dev[t].labels for t in predictions},
+                                  [d.spec for d in dev.values()])

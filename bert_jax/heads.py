@@ -1,15 +1,17 @@
 """Task heads on a shared BERT encoder: `MultitaskBert`.
 
-One encoder pass embeds every sentence of a step (SST sentences, both sides of each paraphrase
-and STS pair), then each head reads its slice. The sentences come padded ([B, T] per task,
-`PaddedInputs`) or packed several to a row (`PackedInputs`, `bert_jax.packing`); the forward
-pass reads inputs only (labels stay with the loss). Heads follow the report:
-- SST: dropout -> linear -> 5 logits.
-- Paraphrase: "diff" (u - v -> dropout -> linear -> 1 logit) or "concat"
-  ([|u - v|, u * v] -> dropout -> dense(hidden) -> ReLU -> dense(1 logit)).
-- STS: "linear" (u - v -> dropout -> linear -> 1 score) or "cosine" (5 * cos(u, v), no parameters).
-Sentence embeddings are the [CLS] pooler output ("cls") or the masked mean of the last hidden
-states ("mean").
+One encoder pass embeds every sequence of a step (each single sentence, each side of a
+bi-encoded pair, each cross-encoded pair as one joint sequence), then each task's head reads its
+slice. The sentences come padded ([B, T] per task, `PaddedInputs`) or packed several to a row
+(`PackedInputs`, `bert_jax.packing`); the forward pass reads inputs only (labels stay with the
+loss). The heads (`bert_jax.tasks` lists which a task kind takes), on embeddings u (and v):
+- linear: dropout -> linear (one sentence: on u; a bi-encoded pair: on u - v, as "diff");
+- concat: [|u - v|, u * v] -> dropout -> dense(hidden) -> ReLU -> linear;
+- cosine: the range's top x cos(u, v), no parameters (STS: 5 x cos);
+- cross: dropout -> linear on the joint sequence's embedding.
+The report's heads: SST linear -> 5 logits; paraphrase "diff" or "concat" -> 1 logit; STS
+"linear" (u - v) or "cosine". Sentence embeddings are the [CLS] pooler output ("cls") or the
+masked mean of the last hidden states ("mean").
 """
 from __future__ import annotations
 
@@ -22,31 +24,55 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from bert_jax.batch_types import TASK_SENTENCES, PackedInputs, PaddedInputs
+from bert_jax.batch_types import PackedInputs, PaddedInputs
 from bert_jax.config import BertConfig
 from bert_jax.model import BertModel, mean_pool, segment_mean_pool
+from bert_jax.tasks import PARA_HEADS, STS_HEADS, Task, TaskError, builtin_tasks, check_names
 
 POOLINGS = ("cls", "mean")
-PARA_HEADS = ("diff", "concat")
-STS_HEADS = ("linear", "cosine")
 NUM_SENTIMENT_CLASSES = 5
 COSINE_EPS = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """Which pooling and heads a `MultitaskBert` uses, and the heads' dropout rate."""
+    """Which pooling and heads a `MultitaskBert` uses, and the heads' dropout rate.
+
+    `tasks`: the built-in SST, paraphrase (`para_head`) and STS (`sts_head`; "cross" on either
+    cross-encodes the pair) definitions, then `extra_tasks` (a user's own, `bert_jax.tasks.Task`).
+    """
     pooling: str = "mean"
     para_head: str = "concat"
     sts_head: str = "cosine"
     dropout: float = 0.1
+    extra_tasks: tuple[Task, ...] = ()
 
     def __post_init__(self):
-        for value, allowed, name in ((self.pooling, POOLINGS, "pooling"),
-                                     (self.para_head, PARA_HEADS, "para_head"),
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        for value, allowed, name in ((self.para_head, PARA_HEADS, "para_head"),
                                      (self.sts_head, STS_HEADS, "sts_head")):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        object.__setattr__(self, "extra_tasks", tuple(self.extra_tasks))
+        try:
+            check_names(self.tasks)
+        except TaskError as err:
+            raise ValueError(str(err)) from None
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return builtin_tasks(self.para_head, self.sts_head) + self.extra_tasks
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown task {name!r}: the model has {', '.join(self.names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
 
 
 def cosine_similarity(u: jax.Array, v: jax.Array, eps: float = COSINE_EPS) -> jax.Array:
@@ -56,17 +82,28 @@ def cosine_similarity(u: jax.Array, v: jax.Array, eps: float = COSINE_EPS) -> ja
     return (u * v).sum(-1) / norms
 
 
+def head_layer_names(task: Task) -> tuple[str, ...]:
+    """The parameter groups of a task's head: `<name>_hidden` (concat), then the output layer
+    `<name>_classifier` (classification) or `<name>_regressor` (regression); none for cosine."""
+    if task.head == "cosine":
+        return ()
+    out = f"{task.name}_{'classifier' if task.is_classification else 'regressor'}"
+    return ((f"{task.name}_hidden",) if task.head == "concat" else ()) + (out,)
+
+
 class MultitaskBert(nn.Module):
-    """BERT encoder + SST, paraphrase and STS heads. Parameters: `bert/...` (the encoder, names as
-    `BertModel`), `sst_classifier`, `para_hidden`/`para_classifier`, `sts_regressor`.
+    """BERT encoder + one head per task of `heads.tasks`. Parameters: `bert/...` (the encoder,
+    names as `BertModel`), then per task `head_layer_names(task)`: the built-ins'
+    `sst_classifier`, `para_hidden`/`para_classifier`, `sts_regressor`.
 
     `dtype` (compute, default float32), `param_dtype` (float32) and `attention_impl` ("xla")
     are how the model runs, as `BertModel`'s: chosen where it is built, never saved with it.
 
     `__call__(inputs, deterministic)` takes the inputs of a batch, `PaddedInputs` (per task
-    present, its sentences' ids and masks [B_task, T]) or `PackedInputs` (rows [R, L] and the
-    static examples per task, `sizes`); see `bert_jax.batch_types`. It returns
-    `{"sst": logits [B, 5], "para": logits [B], "sts": scores [B]}` for the tasks present.
+    present, its sequences' ids and masks [B_task, T]) or `PackedInputs` (rows [R, L] and the
+    static examples per task, `sizes`); see `bert_jax.batch_types`. It returns per task present
+    its head's outputs: logits [B, K] (K > 2 classes), one logit [B] (two classes) or a score
+    [B] (regression); the built-ins: `{"sst": [B, 5], "para": [B], "sts": [B]}`.
     """
     config: BertConfig
     heads: HeadConfig = HeadConfig()
@@ -75,93 +112,114 @@ class MultitaskBert(nn.Module):
     attention_impl: str = "xla"
 
     def setup(self):
-        cfg, heads = self.config, self.heads
+        cfg = self.config
         dense = lambda n, name: nn.Dense(n, name=name, dtype=self.dtype,
                                          param_dtype=self.param_dtype,
                                          kernel_init=nn.initializers.normal(cfg.initializer_range))
         self.bert = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype,
                               attention_impl=self.attention_impl)
-        self.dropout = nn.Dropout(heads.dropout)
-        self.sst_classifier = dense(NUM_SENTIMENT_CLASSES, "sst_classifier")
-        if heads.para_head == "concat":
-            self.para_hidden = dense(cfg.hidden_size, "para_hidden")
-        self.para_classifier = dense(1, "para_classifier")
-        if heads.sts_head == "linear":
-            self.sts_regressor = dense(1, "sts_regressor")
+        self.dropout = nn.Dropout(self.heads.dropout)
+        layers = {}
+        for task in self.heads.tasks:
+            for name in head_layer_names(task):
+                size = cfg.hidden_size if name.endswith("_hidden") else task.num_outputs
+                layers[name] = dense(size, name)
+        self.layers = layers
 
-    def embed(self, input_ids, attention_mask, deterministic: bool = True) -> jax.Array:
-        """Sentence embeddings [B, D] (float32) for ids and mask [B, T]."""
-        out = self.bert(input_ids, attention_mask, jnp.zeros_like(input_ids),
-                        deterministic=deterministic)
+    def _pool(self, out, attention_mask=None, segment_ids=None, num_segments=None) -> jax.Array:
         if self.heads.pooling == "cls":
             return out.pooler_output.astype(jnp.float32)
+        if segment_ids is not None:
+            return segment_mean_pool(out.last_hidden_state, segment_ids, num_segments)
         return mean_pool(out.last_hidden_state, attention_mask)
 
+    def embed(self, input_ids, attention_mask, deterministic: bool = True,
+              token_type_ids=None) -> jax.Array:
+        """Sequence embeddings [B, D] (float32) for ids and mask [B, T] (and token types [B, T]
+        of cross-encoded pairs; default 0)."""
+        types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        out = self.bert(input_ids, attention_mask, types, deterministic=deterministic)
+        return self._pool(out, attention_mask)
+
     def embed_packed(self, input_ids, segment_ids, position_ids, num_segments: int,
-                     deterministic: bool = True) -> jax.Array:
-        """Sentence embeddings [num_segments, D] (float32) for packed rows [R, L]."""
-        out = self.bert(input_ids, None, jnp.zeros_like(input_ids), deterministic=deterministic,
+                     deterministic: bool = True, token_type_ids=None) -> jax.Array:
+        """Sequence embeddings [num_segments, D] (float32) for packed rows [R, L]."""
+        types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        out = self.bert(input_ids, None, types, deterministic=deterministic,
                         position_ids=position_ids, segment_ids=segment_ids,
                         num_segments=num_segments)
-        if self.heads.pooling == "cls":
-            return out.pooler_output.astype(jnp.float32)
-        return segment_mean_pool(out.last_hidden_state, segment_ids, num_segments)
+        return self._pool(out, segment_ids=segment_ids, num_segments=num_segments)
+
+    def _output(self, task: Task, x) -> jax.Array:
+        out = self.layers[head_layer_names(task)[-1]](x).astype(jnp.float32)
+        return out if task.num_outputs > 1 else out[:, 0]
+
+    def head(self, task: Task, u, v=None, deterministic: bool = True) -> jax.Array:
+        """A task's outputs from its embeddings: u [B, D] (one sentence, a cross-encoded pair)
+        or u, v [B, D] (a bi-encoded pair) -> [B, K] or [B]."""
+        drop = lambda x: self.dropout(x, deterministic=deterministic)
+        if task.head == "cosine":
+            return task.range[1] * cosine_similarity(u, v)
+        if task.head == "concat":
+            x = jnp.concatenate([jnp.abs(u - v), u * v], axis=-1)
+            return self._output(task, nn.relu(self.layers[f"{task.name}_hidden"](drop(x))))
+        return self._output(task, drop(u if v is None else u - v))
 
     def sst_logits(self, u, deterministic: bool = True) -> jax.Array:
         """[B, D] -> [B, 5] sentiment logits."""
-        return self.sst_classifier(self.dropout(u, deterministic=deterministic)).astype(jnp.float32)
+        return self.head(self.heads.task("sst"), u, None, deterministic)
 
     def para_logit(self, u, v, deterministic: bool = True) -> jax.Array:
-        """[B, D] x [B, D] -> [B] paraphrase logits."""
-        if self.heads.para_head == "diff":
-            x = self.dropout(u - v, deterministic=deterministic)
-        else:
-            x = jnp.concatenate([jnp.abs(u - v), u * v], axis=-1)
-            x = nn.relu(self.para_hidden(self.dropout(x, deterministic=deterministic)))
-        return self.para_classifier(x)[:, 0].astype(jnp.float32)
+        """[B, D] x [B, D] -> [B] paraphrase logits (a bi-encoded paraphrase head)."""
+        return self.head(self.heads.task("para"), u, v, deterministic)
 
     def sts_score(self, u, v, deterministic: bool = True) -> jax.Array:
-        """[B, D] x [B, D] -> [B] similarity on the 0..5 scale."""
-        if self.heads.sts_head == "cosine":
-            return 5.0 * cosine_similarity(u, v)
-        x = self.dropout(u - v, deterministic=deterministic)
-        return self.sts_regressor(x)[:, 0].astype(jnp.float32)
+        """[B, D] x [B, D] -> [B] similarity on the 0..5 scale (a bi-encoded STS head)."""
+        return self.head(self.heads.task("sts"), u, v, deterministic)
 
     def __call__(self, inputs: PaddedInputs | PackedInputs, deterministic: bool = True):
         if not isinstance(inputs, (PaddedInputs, PackedInputs)):
             raise TypeError(f"MultitaskBert takes PaddedInputs or PackedInputs (a Batch's "
                             f"`inputs`), not {type(inputs).__name__}")
-        tasks = inputs.tasks
-        if not tasks:
+        if not inputs.tasks:
             raise ValueError(f"the batch holds no task inputs: {type(inputs).__name__} is empty")
+        unknown = [t for t in inputs.tasks if t not in self.heads.names]
+        if unknown:
+            raise ValueError(f"the batch holds task(s) {unknown} the model has no head for "
+                             f"(its tasks: {', '.join(self.heads.names)})")
         if isinstance(inputs, PackedInputs):
-            per_task = dict(inputs.sizes)
-            keys = [(t, k) for t in tasks for k in TASK_SENTENCES[t]]
-            sizes = [per_task[t] for t, k in keys]
+            keys, sizes = [], []
+            for name, n, sides in inputs.sizes:
+                task = self.heads.task(name)
+                if sides != len(task.sides):
+                    raise ValueError(f"{name}: {sides} sequences per example packed, its "
+                                     f"{task.encoding}-encoded head reads {len(task.sides)}")
+                keys += [(name, k) for k in task.sides]
+                sizes += [n] * sides
             pooled = self.embed_packed(inputs.input_ids, inputs.segment_ids,
-                                       inputs.position_ids, inputs.num_segments, deterministic)
+                                       inputs.position_ids, inputs.num_segments, deterministic,
+                                       inputs.token_type_ids)
         else:
-            sides = list(inputs.sides())
+            sides = list(inputs.sides(self.heads.tasks))
             keys = [(t, k) for t, k, _ in sides]
             ids = jnp.concatenate([s.input_ids for _, _, s in sides])
             mask = jnp.concatenate([s.attention_mask for _, _, s in sides])
-            pooled = self.embed(ids, mask, deterministic)
+            types = None
+            if any(s.token_type_ids is not None for _, _, s in sides):
+                types = jnp.concatenate([jnp.zeros_like(s.input_ids) if s.token_type_ids is None
+                                         else s.token_type_ids for _, _, s in sides])
+            pooled = self.embed(ids, mask, deterministic, types)
             sizes = [s.input_ids.shape[0] for _, _, s in sides]
         splits = jnp.split(pooled, np.cumsum(sizes)[:-1].tolist())
         emb = dict(zip(keys, splits))
-        out = {}
-        if "sst" in tasks:
-            out["sst"] = self.sst_logits(emb["sst", "1"], deterministic)
-        if "para" in tasks:
-            out["para"] = self.para_logit(emb["para", "1"], emb["para", "2"], deterministic)
-        if "sts" in tasks:
-            out["sts"] = self.sts_score(emb["sts", "1"], emb["sts", "2"], deterministic)
-        return out
+        return {task.name: self.head(task, emb[task.name, "1"], emb.get((task.name, "2")),
+                                     deterministic)
+                for task in self.heads.tasks if task.name in inputs.tasks}
 
     def init_all_heads(self, input_ids, attention_mask):
         """Touch every head once (for `init`): ids and mask [B, T]."""
         u = self.embed(input_ids, attention_mask)
-        return self.sst_logits(u), self.para_logit(u, u), self.sts_score(u, u)
+        return tuple(self.head(t, u, u if len(t.sides) == 2 else None) for t in self.heads.tasks)
 
 
 def init_multitask_params(config: BertConfig, heads: HeadConfig, rng: jax.Array,

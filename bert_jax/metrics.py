@@ -1,7 +1,11 @@
-"""Dev metrics of the three tasks (numpy only) and the CS224N overall score."""
+"""Dev metrics of any task (numpy only): accuracy, Pearson r, and the overall score."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+from bert_jax.tasks import BUILTIN_NAMES, Task, as_task, overall
 
 
 def _pair(pred, gold, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +55,26 @@ def overall_score(sst_acc: float, para_acc: float, sts_r: float) -> float:
     return (sst_acc + para_acc + (sts_r + 1) / 2) / 3
 
 
-def dev_scores(predictions: dict, gold: dict) -> dict[str, float]:
+def task_score(task: Task, predictions, gold) -> float:
+    """A task's dev metric (`Task.metric`): accuracy of class indices, or Pearson r of scores."""
+    if task.metric == "accuracy":
+        return accuracy(predictions, gold)
+    return pearson(predictions, gold)
+
+
+def dev_scores(predictions: dict, gold: dict, tasks: Sequence[Task | str] = BUILTIN_NAMES
+               ) -> dict[str, float]:
     """Scores of the tasks in `predictions` ({task: [n] predictions}) against `gold` ({task: [n]
-    labels}): `sst_acc`, `para_acc`, `sts_r`, and `overall` when all three are given."""
-    scores = {}
-    if "sst" in predictions:
-        scores["sst_acc"] = accuracy(predictions["sst"], gold["sst"])
-    if "para" in predictions:
-        scores["para_acc"] = accuracy(predictions["para"], gold["para"])
-    if "sts" in predictions:
-        scores["sts_r"] = pearson(predictions["sts"], gold["sts"])
-    if len(scores) == 3:
-        scores["overall"] = overall_score(scores["sst_acc"], scores["para_acc"], scores["sts_r"])
+    labels}), named by `Task.score_name` (`sst_acc`, `para_acc`, `sts_r`, `<name>_acc`,
+    `<name>_r`), in the order of `tasks` (definitions, or built-in names); `overall` (the mean
+    of accuracies and (r + 1) / 2, `bert_jax.tasks.overall`) when every task of `tasks` is
+    given."""
+    tasks = [as_task(t) for t in tasks]
+    unknown = set(predictions) - {t.name for t in tasks}
+    if unknown:
+        raise ValueError(f"predictions for unknown task(s) {sorted(unknown)}")
+    scores = {t.score_name: task_score(t, predictions[t.name], gold[t.name])
+              for t in tasks if t.name in predictions}
+    if len(scores) == len(tasks):
+        scores["overall"] = overall(tasks, scores)
     return {k: float(v) for k, v in scores.items()}

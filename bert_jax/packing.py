@@ -50,12 +50,14 @@ def rows_needed(lengths: Sequence[int], row_length: int) -> int:
 
 
 def pack(sentences: Sequence[np.ndarray], row_length: int, num_rows: int | None = None,
-         pad_id: int = 0) -> dict[str, np.ndarray]:
+         pad_id: int = 0, type_ids: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Pack unpadded id arrays into `num_rows` rows (default: as many as needed).
 
     Returns `input_ids`, `segment_ids` (sentence k -> k + 1; padding 0) and `position_ids` (0 at
-    each sentence's first token; 0 on padding), int32 [num_rows, row_length]. Raises ValueError
-    when the sentences need more than `num_rows` rows.
+    each sentence's first token; 0 on padding), int32 [num_rows, row_length], and with
+    `type_ids` (per sentence its token types, e.g. a cross-encoded pair's 0s then 1s) their
+    `token_type_ids` placed the same way (0 on padding). Raises ValueError when the sentences
+    need more than `num_rows` rows.
     """
     rows = assign_rows([len(s) for s in sentences], row_length)
     num_rows = len(rows) if num_rows is None else num_rows
@@ -65,6 +67,7 @@ def pack(sentences: Sequence[np.ndarray], row_length: int, num_rows: int | None 
     ids = np.full((num_rows, row_length), pad_id, np.int32)
     segments = np.zeros((num_rows, row_length), np.int32)
     positions = np.zeros((num_rows, row_length), np.int32)
+    types = np.zeros((num_rows, row_length), np.int32) if type_ids is not None else None
     for r, members in enumerate(rows):
         start = 0
         for i in sorted(members):  # sentence order within a row (any order would do)
@@ -72,5 +75,10 @@ def pack(sentences: Sequence[np.ndarray], row_length: int, num_rows: int | None 
             ids[r, start:start + n] = sentences[i]
             segments[r, start:start + n] = i + 1
             positions[r, start:start + n] = np.arange(n)
+            if types is not None:
+                types[r, start:start + n] = type_ids[i]
             start += n
-    return {"input_ids": ids, "segment_ids": segments, "position_ids": positions}
+    out = {"input_ids": ids, "segment_ids": segments, "position_ids": positions}
+    if types is not None:
+        out["token_type_ids"] = types
+    return out

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bert_jax.cs224n import check_task, is_pair_task
+from bert_jax.tasks import Task, as_task
 
 if TYPE_CHECKING:  # annotations only: `TaskData` needs no `datasets`
     import datasets
@@ -17,9 +17,11 @@ if TYPE_CHECKING:  # annotations only: `TaskData` needs no `datasets`
 class TaskData:
     """A tokenized split as numpy, for the batcher.
 
-    `ids1`/`ids2`: per example an unpadded int32 array of token ids; `labels`: [n] int32 (sst,
-    para) or float32 (sts), None when unlabeled; `example_ids`: the file's ids; `truncated`:
-    sentences cut to max_length.
+    `task`: the task's name, `spec` its definition (`bert_jax.tasks.Task`; default: the
+    built-in of that name). `ids1`/`ids2`: per example an unpadded int32 array of token ids (a
+    cross-encoded pair: the joint `[CLS] a [SEP] b [SEP]` in `ids1`, and `first` [n] int32 its
+    tokens of type 0); `labels`: [n] int32 class indices or float32 scores, None when
+    unlabeled; `example_ids`: the file's ids; `truncated`: sentences cut to max_length.
     """
 
     task: str
@@ -29,6 +31,20 @@ class TaskData:
     example_ids: list[str]
     truncated: int = 0
     source: str = ""
+    spec: Task | None = None
+    first: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.spec is None:
+            self.spec = as_task(self.task)
+
+    def type_ids(self, i: int) -> np.ndarray:
+        """int32 [len(ids1[i])]: example i's token types (0 throughout but for the second
+        sentence of a cross-encoded pair)."""
+        types = np.zeros(len(self.ids1[i]), np.int32)
+        if self.first is not None:
+            types[self.first[i]:] = 1
+        return types
 
     def __len__(self) -> int:
         return len(self.ids1)
@@ -43,6 +59,7 @@ class TaskData:
 
     @property
     def is_pair(self) -> bool:
+        """Two encoder sequences per example (a bi-encoded pair)."""
         return self.ids2 is not None
 
 
@@ -53,18 +70,30 @@ def _ragged(column) -> list[np.ndarray]:
     return [values[offsets[i]:offsets[i + 1]] for i in range(len(arr))]
 
 
-def task_data(ds: datasets.Dataset, task: str) -> TaskData:
-    """Numpy view of a tokenized dataset (see `tokenize_split`)."""
-    check_task(task)
+def task_data(ds: datasets.Dataset, task: Task | str) -> TaskData:
+    """Numpy view of a tokenized dataset (see `tokenize_split`; a cross-encoded task's with
+    `cross=True`)."""
+    spec = as_task(task)
     table = ds.with_format("arrow")[:]
     if "ids1" not in table.column_names:
         raise ValueError("task_data needs a tokenized dataset: call tokenize_split first")
-    pair = is_pair_task(task)
-    if pair and "ids2" not in table.column_names:
-        raise ValueError(f"task {task!r} is a pair task but the dataset has no ids2 column")
+    two = len(spec.sides) == 2
+    if two and "ids2" not in table.column_names:
+        raise ValueError(f"task {spec.name!r} is a pair task but the dataset has no ids2 column")
+    cross = spec.encoding == "cross"
+    if cross and "first1" not in table.column_names:
+        raise ValueError(f"task {spec.name!r} is cross-encoded but the dataset was tokenized "
+                         "a sentence at a time: tokenize_split(..., cross=True)")
     labels = None
     if "label" in table.column_names:
-        labels = table.column("label").to_numpy().astype(np.float32 if task == "sts" else np.int32)
-    return TaskData(task=task, ids1=_ragged(table.column("ids1")),
-                    ids2=_ragged(table.column("ids2")) if pair else None, labels=labels,
-                    example_ids=table.column("id").to_pylist())
+        labels = table.column("label").to_numpy().astype(label_dtype(spec))
+    return TaskData(task=spec.name, spec=spec, ids1=_ragged(table.column("ids1")),
+                    ids2=_ragged(table.column("ids2")) if two else None, labels=labels,
+                    example_ids=table.column("id").to_pylist(),
+                    first=(table.column("first1").to_numpy().astype(np.int32)
+                           if cross else None))
+
+
+def label_dtype(task: Task) -> type:
+    """int32 class indices, float32 scores."""
+    return np.int32 if task.is_classification else np.float32

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bert_jax import cs224n
+from bert_jax.tasks import BUILTINS
 from csv_files import HEADERS, SKIP_HINT, good_sst, raises, sst_file, write_tsv
 
 
@@ -64,7 +65,7 @@ def test_load_matches_readme_and_dictreader(data_dir, name, task, labeled, count
     if not labeled:
         assert "label" not in got
         return
-    raw = [row[cs224n._LABEL_COLUMN[task]] for _, row in expected]
+    raw = [row[BUILTINS[task].label] for _, row in expected]
     if task == "sst":
         assert ds.features["label"].dtype == "int64"
         assert got["label"] == [int(x) for x in raw]

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 from bert_jax.cli import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                           seed_int)
-from bert_jax.cs224n import TASKS
 from bert_jax.errors import ConfigError
 from bert_jax.heads import HeadConfig
+from bert_jax.tasks import BUILTIN_NAMES as TASKS, Task, TaskError, sha256_file
 from bert_jax.model import ATTENTION_IMPLEMENTATIONS
 
 MODES = ("multitask", "sequential")
 # Settings a --resume may change: they change neither the data order nor the parameters' path.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "limit_eval",
                                "eval_batch_size", "save_every", "keep_last", "resume", "data_dir",
-                               "tensorboard"})
+                               "tensorboard", "tasks_file"})
 
 
 def below_one(text: str) -> float:
@@ -50,9 +51,11 @@ class TrainConfig:
                         "or a HuggingFace BERT folder")
     pooling: str = setting("mean", "sentence embedding: 'cls' (BERT's pooler output) or 'mean' "
                            "(masked mean of the last hidden states)")
-    para_head: str = setting("concat", "paraphrase head: 'diff' (u-v -> linear) or 'concat' "
-                             "([|u-v|, u*v] -> dense -> ReLU -> dense)")
-    sts_head: str = setting("cosine", "STS head: 'linear' (on u-v) or 'cosine' (5 x cos(u, v))")
+    para_head: str = setting("concat", "paraphrase head: 'diff' (u-v -> linear), 'concat' "
+                             "([|u-v|, u*v] -> dense -> ReLU -> dense) or 'cross' (the pair "
+                             "encoded together, [CLS] a [SEP] b [SEP] -> linear)")
+    sts_head: str = setting("cosine", "STS head: 'linear' (on u-v), 'cosine' (5 x cos(u, v)) "
+                            "or 'cross' (the pair encoded together -> linear)")
     dropout: float = setting(0.1, "dropout of the task heads (the encoder keeps its own), "
                              "from 0 up to (not including) 1", below_one)
     dtype: str = setting("auto", "compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), "
@@ -60,8 +63,14 @@ class TrainConfig:
     attention_impl: str = setting("xla", "attention kernel: 'xla' (everywhere) or 'cudnn' "
                                   "(NVIDIA GPUs, bfloat16, with --no-pack)")
     # What to train
-    tasks: tuple[str, ...] = setting(TASKS, "comma-separated tasks to train (sst,para,sts); dev "
-                                     "scores always cover all three")
+    tasks: tuple[str, ...] = setting(TASKS, "comma-separated tasks to train: sst, para, sts and "
+                                     "those of --tasks-file (default: the preset's, and every "
+                                     "task of --tasks-file); dev scores always cover every task")
+    tasks_file: str = setting("", "TOML file of your own task definitions, trained beside the "
+                              "preset's (README: Your own tasks); '': none")
+    user_tasks: tuple[Task, ...] = dataclasses.field(default=(), metadata={
+        "help": "the definitions read from --tasks-file (recorded in train_config.json, so "
+                "--resume and every tool find them without the file)", "cli": False})
     mode: str = setting("multitask", "'multitask' (a batch of every task per step, summed loss) "
                         "or 'sequential' (one task's batches at a time)")
     epochs: int = setting(10, "passes over the training data", positive_int)
@@ -158,9 +167,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}")
-        bad = [t for t in self.tasks if t not in TASKS]
+        object.__setattr__(self, "user_tasks", tuple(
+            Task.from_dict(t) if isinstance(t, dict) else t for t in self.user_tasks))
+        names = self.task_names()
+        bad = [t for t in self.tasks if t not in names]
         if bad or not self.tasks:
-            raise ConfigError(f"tasks must be a non-empty subset of {TASKS}, not {self.tasks}")
+            raise ConfigError(f"tasks must be a non-empty subset of {', '.join(names)}, not "
+                              f"{','.join(self.tasks) or 'none'}" + (
+                                  " (a task of your own needs --tasks-file)" if bad else ""))
         if self.nonfinite not in ("stop", "skip"):
             raise ConfigError(f"nonfinite must be 'stop' or 'skip', not {self.nonfinite!r}")
         if self.epoch_steps not in ("max", "min"):
@@ -191,7 +205,10 @@ class TrainConfig:
                     check(str(getattr(self, f.name)))
                 except Exception as err:  # argparse.ArgumentTypeError
                     raise ConfigError(f"{f.name}: {err}") from None
-        self.head_config()  # validates pooling and heads
+        try:
+            self.head_config()  # validates pooling, heads and the tasks' names
+        except (TaskError, ValueError) as err:
+            raise ConfigError(str(err)) from None
 
     def compute_dtype(self, platform: str) -> str:
         """The dtype to compute in on `platform` ("cpu", "gpu", "tpu"): "auto" is bfloat16 on
@@ -208,7 +225,15 @@ class TrainConfig:
 
     def head_config(self) -> HeadConfig:
         return HeadConfig(pooling=self.pooling, para_head=self.para_head,
-                          sts_head=self.sts_head, dropout=self.dropout)
+                          sts_head=self.sts_head, dropout=self.dropout,
+                          extra_tasks=self.user_tasks)
+
+    def task_definitions(self) -> tuple[Task, ...]:
+        """Every task's definition: the built-ins (with this run's heads), then the user's."""
+        return self.head_config().tasks
+
+    def task_names(self) -> tuple[str, ...]:
+        return TASKS + tuple(t.name for t in self.user_tasks)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -219,8 +244,9 @@ class TrainConfig:
                 if getattr(self, f"{t}_{s}")}
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["tasks"] = list(self.tasks)
+        d["user_tasks"] = [{**t.to_dict(), "sha256": _digests(t)} for t in self.user_tasks]
         return d
 
     @classmethod
@@ -232,6 +258,10 @@ class TrainConfig:
         values = dict(values)
         if "tasks" in values:
             values["tasks"] = tuple(values["tasks"])
+        if "user_tasks" in values:
+            values["user_tasks"] = tuple(
+                Task.from_dict({k: v for k, v in t.items() if k != "sha256"})
+                for t in values["user_tasks"])
         return cls(**values)
 
     def to_json(self, path: str | Path) -> None:
@@ -240,6 +270,23 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
+
+
+def _digests(task: Task) -> dict[str, str | None]:
+    """{split: sha256 of the file} of a user task (None: the file is gone)."""
+    out = {}
+    for split, path in task.files:
+        try:
+            st = Path(path).stat()
+            out[split] = _digest(path, st.st_mtime_ns, st.st_size)
+        except OSError:
+            out[split] = None
+    return out
 
 
 # The report's seven cumulative experiments. Each adds one change to the one before.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bert_jax.checkpoints import RunCheckpoints, read_json
 from bert_jax.cli import prog
+from bert_jax.task_file import read_tasks_file
 from train.config import PRESET_NOTES, PRESETS, TrainConfig
 from train.errors import TrainingError
 
@@ -40,9 +41,9 @@ def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
     base = base or PRESETS[base_name]
     parser = argparse.ArgumentParser(
         prog=prog("train.multitask"),
-        description="Fine-tune BERT on SST-5, Quora paraphrase and STS, with dev evaluation, "
-                    "checkpoints and resume. A preset (or --config) gives every setting; each "
-                    "flag below overrides one.")
+        description="Fine-tune BERT on SST-5, Quora paraphrase and STS (and your own tasks: "
+                    "--tasks-file), with dev evaluation, checkpoints and resume. A preset (or "
+                    "--config) gives every setting; each flag below overrides one.")
     parser.add_argument("--preset", default="more-epochs", choices=sorted(PRESETS),
                         help="starting configuration (default more-epochs): " + "; ".join(
                             f"{k}: {v}" for k, v in PRESET_NOTES.items()))
@@ -59,6 +60,8 @@ def build_parser(base: TrainConfig | None = None, base_name: str = "more-epochs"
                              "takes many hours on a CPU")
     group = parser.add_argument_group(f"settings (each defaults to {base_name}'s value)")
     for field in dataclasses.fields(TrainConfig):
+        if field.metadata.get("cli") is False:
+            continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(base, field.name)
         kwargs = {"default": None, "help": field_help(field, default)}
@@ -89,10 +92,29 @@ def base_config(argv) -> tuple[TrainConfig, str]:
     return PRESETS[known.preset], known.preset
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None,
+                     out: Path | None = None) -> TrainConfig:
+    """The run's settings: `base` with the flags given. `--tasks-file` adds its definitions
+    (and, without `--tasks`, their names to the tasks trained); a `--resume` without it takes
+    them from the run's train_config.json in `out`."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
-    return (base or PRESETS[args.preset]).replace(**overrides)
+                 if f.metadata.get("cli") is not False and getattr(args, f.name) is not None}
+    base = base or PRESETS[args.preset]
+    if args.tasks_file:
+        user = read_tasks_file(args.tasks_file)
+        overrides["user_tasks"] = user
+        if args.tasks is None:
+            overrides["tasks"] = base.tasks + tuple(t.name for t in user
+                                                    if t.name not in base.tasks)
+    elif args.resume and out is not None and (out / "train_config.json").is_file():
+        saved = read_json(out / "train_config.json")
+        if saved.get("user_tasks"):
+            saved_cfg = TrainConfig.from_dict(saved)
+            overrides["user_tasks"] = saved_cfg.user_tasks
+            overrides.setdefault("tasks_file", saved_cfg.tasks_file)
+            if args.tasks is None:
+                overrides["tasks"] = saved_cfg.tasks
+    return base.replace(**overrides)
 
 
 def changed_settings(cfg: TrainConfig, base: TrainConfig) -> dict:

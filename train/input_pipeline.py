@@ -1,7 +1,8 @@
 """Host-side batching: the seeded order of steps, packing or padding, and prefetching.
 
-A step's batch is a `bert_jax.batch_types.Batch` of numpy arrays: `labels` [B] per task
-(`TaskLabels`) beside `inputs` in one of two layouts (`StepLayout`):
+A step's batch is a `bert_jax.batch_types.Batch` of numpy arrays: `labels` [B_task] per task
+(`TaskLabels`; B_task is the task's own batch size or the run's) beside `inputs` in one of two
+layouts (`StepLayout`); the tasks come in the order of their definitions (the `train` dict's):
 - packed (the default): every sentence of the step packed into rows (`bert_jax.packing`),
   `PackedInputs`: `input_ids`, `segment_ids`, `position_ids` [R, L], and the examples per task
   of a device's rows as static `sizes`. Rows are packed per device shard (each device's rows
@@ -24,13 +25,12 @@ import jax
 import numpy as np
 
 from bert_jax import packing
-from bert_jax.batch_types import (TASK_SENTENCES, Batch, PackedInputs, PaddedInputs, TaskLabels,
-                                  task_sentences)
+from bert_jax.batch_types import Batch, PackedInputs, PaddedInputs, TaskLabels, task_sentences
 from bert_jax.batching import (batch_labels, bucket_length, choose_buckets, epoch_order,
                                make_batch)
 from bert_jax.errors import ConfigError
 from bert_jax.task_data import TaskData
-from train.config import TASKS, TrainConfig
+from train.config import TrainConfig
 
 SORT_WINDOW = 50  # batches per window when grouping similar lengths
 PLAN_STEPS = 50_000  # steps planned ahead to choose packed row buckets
@@ -74,25 +74,32 @@ class StepBatch:
 
 
 def _task_seed(cfg: TrainConfig, task: str) -> int:
-    return cfg.seed * 7 + TASKS.index(task)
+    """The seed of a task's order: the run's, and the task's place among the definitions."""
+    return cfg.seed * 7 + cfg.task_names().index(task)
+
+
+def task_batch_size(data: TaskData, cfg: TrainConfig) -> int:
+    """A task's examples per step: its definition's batch size, else the run's."""
+    return data.spec.batch_size or cfg.batch_size
 
 
 def _task_order(data: TaskData, cfg: TrainConfig, task: str, epoch: int) -> np.ndarray:
     """[num_batches, batch_size] example indices of one pass over a task."""
-    return epoch_order(len(data), cfg.batch_size, seed=_task_seed(cfg, task), epoch=epoch,
-                       lengths=data.lengths if cfg.sorts_by_length else None,
+    return epoch_order(len(data), task_batch_size(data, cfg), seed=_task_seed(cfg, task),
+                       epoch=epoch, lengths=data.lengths if cfg.sorts_by_length else None,
                        sort_window=SORT_WINDOW if cfg.sorts_by_length else 0)
 
 
 def batches_per_task(train: dict[str, TaskData], cfg: TrainConfig) -> dict[str, int]:
-    return {t: len(d) // cfg.batch_size for t, d in train.items()}
+    return {t: len(d) // task_batch_size(d, cfg) for t, d in train.items()}
 
 
 def steps_per_epoch(train: dict[str, TaskData], cfg: TrainConfig) -> int:
     counts = batches_per_task(train, cfg)
     if min(counts.values()) == 0:
         small = [t for t, n in counts.items() if n == 0]
-        raise ConfigError(f"tasks {small} have fewer examples than one batch of {cfg.batch_size}")
+        raise ConfigError(f"tasks {small} have fewer examples than one batch of "
+                          f"{', '.join(str(task_batch_size(train[t], cfg)) for t in small)}")
     if cfg.mode == "sequential":
         return sum(counts.values())
     return max(counts.values()) if cfg.epoch_steps == "max" else min(counts.values())
@@ -128,12 +135,29 @@ def epoch_plan(train: dict[str, TaskData], cfg: TrainConfig, epoch: int) -> list
     return [{t: orders[t][i] for t in cfg.tasks} for i in range(n_steps)]
 
 
+def step_tasks(train: dict[str, TaskData], step: dict[str, np.ndarray]) -> list[str]:
+    """The step's tasks in the order of their definitions (the `train` dict's)."""
+    return [t for t in train if t in step]
+
+
 def step_sentence_groups(train: dict[str, TaskData], step: dict[str, np.ndarray]
                          ) -> list[list[np.ndarray]]:
-    """The step's sentences per (task, side) in `TASK_SENTENCES` order: the SST sentences, the
-    first and the second sentences of the paraphrase pairs, then of the STS pairs."""
+    """The step's sequences per (task, side) in segment order: task by task, each example's
+    first sequence (a sentence, a cross-encoded pair), then a bi-encoded pair's second ones; for
+    the built-ins the SST sentences, the first and the second sentences of the paraphrase
+    pairs, then of the STS pairs."""
     return [[(train[task].ids1 if k == "1" else train[task].ids2)[i] for i in step[task]]
-            for task in TASK_SENTENCES if task in step for k in TASK_SENTENCES[task]]
+            for task in step_tasks(train, step) for k in train[task].spec.sides]
+
+
+def _step_types(train: dict[str, TaskData], step: dict[str, np.ndarray]
+                ) -> list[np.ndarray] | None:
+    """Token types per sequence in segment order when a cross-encoded pair is in the step."""
+    if all(train[t].first is None for t in step):
+        return None
+    return [train[task].type_ids(i) if k == "1" else np.zeros(len(train[task].ids2[i]), np.int32)
+            for task in step_tasks(train, step) for k in train[task].spec.sides
+            for i in step[task]]
 
 
 def _step_sentences(train: dict[str, TaskData], step: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -166,29 +190,32 @@ def make_step_batch(train: dict[str, TaskData], step: dict[str, np.ndarray], lay
         local[task] = idx[process_index * rows:(process_index + 1) * rows]
         ids[task] = [train[task].example_ids[i] for i in local[task]]
     if layout.packed:
-        sentences = [_step_sentences(train, shard) for shard in _split_shards(step, layout.shards)]
+        shards = _split_shards(step, layout.shards)
+        sentences = [_step_sentences(train, shard) for shard in shards]
         row_buckets = dict(layout.row_buckets)
         length, needed = packed_shape([[len(s) for s in ss] for ss in sentences],
                                       tuple(row_buckets))
         fitting = [r for r in row_buckets[length] if r >= needed]
         num_rows = fitting[0] if fitting else needed  # past the plan: one more shape compiles
         per_process = layout.shards // process_count
-        mine = sentences[process_index * per_process:(process_index + 1) * per_process]
-        parts = [packing.pack(ss, length, num_rows, pad_id) for ss in mine]
+        mine = range(process_index * per_process, (process_index + 1) * per_process)
+        parts = [packing.pack(sentences[s], length, num_rows, pad_id,
+                              _step_types(train, shards[s])) for s in mine]
         rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-        sizes = tuple((t, len(step[t]) // layout.shards) for t in TASK_SENTENCES if t in step)
+        sizes = tuple((t, len(step[t]) // layout.shards, len(train[t].spec.sides))
+                      for t in step_tasks(train, step))
         inputs = PackedInputs(**rows, sizes=sizes)
-        labels = {t: batch_labels(train[t], idx) for t, idx in local.items()}
+        labels = {t: batch_labels(train[t], local[t]) for t in step_tasks(train, step)}
     else:
         longest = max(int(train[t].lengths[idx].max()) for t, idx in step.items())
         length = bucket_length(longest, layout.buckets)
         sentences, labels = {}, {}
-        for task, idx in local.items():
-            arrays = make_batch(train[task], idx, length, pad_id)
-            sentences[task] = task_sentences(arrays, task)
+        for task in step_tasks(train, step):
+            arrays = make_batch(train[task], local[task], length, pad_id)
+            sentences[task] = task_sentences(arrays, train[task].spec)
             labels[task] = arrays["labels"]
-        inputs = PaddedInputs(**sentences)
-    return StepBatch(Batch(inputs, TaskLabels(**labels)), ids, epoch, index)
+        inputs = PaddedInputs(sentences)
+    return StepBatch(Batch(inputs, TaskLabels(labels)), ids, epoch, index)
 
 
 def plan_layout(train: dict[str, TaskData], cfg: TrainConfig, total_steps: int,

@@ -51,7 +51,8 @@ from train.flags import (base_config, build_parser, changed_settings, check_back
 from train.input_pipeline import Prefetcher, iterate_steps, plan_layout, steps_per_epoch
 from train.optimizer import earlier_layout, group_schedules, make_optimizer
 from train.progress import RunPace, TrainProgress
-from train.run_data import RunData, check_labels_vary, data_files, load_run_data
+from train.run_data import (RunData, check_labels_vary, data_files, load_run_data, run_files,
+                            with_user_tasks)
 from train.run_folder import (DATA_FILE, DEV_LOG_KEYS, check_model_shapes, check_resume_config,
                               check_resume_data, check_run_folder, final_scores, keep_log_until,
                               record_data, write_json_line)
@@ -71,20 +72,22 @@ def train_and_evaluate(cfg: TrainConfig, out_dir: str | Path,
                        files: dict[tuple[str, str], Path] | None = None, *,
                        data_dir: str | None = None, resume: bool | None = None,
                        save_every: int | None = None, progress: bool = True,
-                       run_data: RunData | None = None) -> dict:
+                       run_data: RunData | None = None, tasks=None) -> dict:
     """Train `cfg` into `out_dir`; returns the final dev scores (and a few run facts).
 
-    Data: `files` ({(task, split): path}), else `cfg`'s data fields. `data_dir`, `resume` and
-    `save_every`, when given, replace those fields of `cfg` (a shorthand for `cfg.replace`), so
-    `train_config.json` records what the run did. One training at a time writes `out_dir` (a
+    Data: `files` ({(task, split): path}), else `cfg`'s data fields. `tasks`: your own task
+    definitions (`bert_jax.tasks.Task`s, or a TOML task file's path), trained beside
+    `cfg.tasks`. `data_dir`, `resume` and `save_every`, when given, replace those fields of
+    `cfg` (a shorthand for `cfg.replace`), so `train_config.json` records what the run did. One training at a time writes `out_dir` (a
     second one is refused: `run_lock`). `cfg.resume` continues from the newest intact
     checkpoint in `out_dir/last` and refuses when there is none.
     """
     given = {"data_dir": data_dir, "resume": resume, "save_every": save_every}
-    cfg = cfg.replace(**{k: v for k, v in given.items() if v is not None})
+    cfg = with_user_tasks(cfg.replace(**{k: v for k, v in given.items() if v is not None}),
+                          tasks)
     out_dir = Path(out_dir)
     check_run_folder(out_dir, cfg.resume)  # a folder that is not a run is never written into
-    files = files or data_files(cfg.data_dir or None, cfg.data_overrides())  # before any write
+    files = run_files(cfg, files)  # before any write
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every process of a multi-host run writes the same folder; the first one holds the lock.
     lock = run_lock(out_dir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -350,11 +353,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
+    out = args.out or f"checkpoints/{args.preset}"
     try:
-        cfg = config_from_args(args, base)
+        cfg = config_from_args(args, base, Path(out))
     except ConfigError as err:  # TrainConfig's validation names the field
         parser.error(str(err))
-    out = args.out or f"checkpoints/{args.preset}"
+    except BertJaxError as err:  # a task file's mistake: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         distributed.initialize()  # multi-process runs: see train/distributed.py, README
         check_new_run(Path(out), cfg.resume)
@@ -380,7 +386,8 @@ def main(argv=None) -> int:
             return 3
         raise
     out = Path(out)
-    scores = {k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall") if k in summary}
+    scores = {k: summary[k] for k in [t.score_name for t in cfg.task_definitions()] + ["overall"]
+              if k in summary}
     written = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s (the training "
           f"loop, evaluations included); run folder {out.resolve()}")

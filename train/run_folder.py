@@ -23,7 +23,6 @@ from train.errors import TrainingError
 
 log = logging.getLogger("train.multitask")
 DATA_FILE = "data.json"  # fingerprints of the training data, checked by --resume
-SCORE_KEYS = ("sst_acc", "para_acc", "sts_r", "overall")
 DEV_LOG_KEYS = ("step", "overall")  # what --resume reads of every line of metrics.jsonl
 
 
@@ -160,7 +159,7 @@ def final_scores(records: list[dict], step: int) -> dict:
     resumed run that had nothing left to do reports as its scores."""
     for record in reversed(records):
         if record.get("step") == step:
-            return {k: record[k] for k in SCORE_KEYS if k in record}
+            return {k: v for k, v in record.items() if k == "overall" or k.endswith(("_acc", "_r"))}
     return {}
 
 

@@ -8,7 +8,7 @@ supported API, and multi-host ready. One device runs the same code with a mesh o
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax
 import jax
@@ -18,6 +18,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from bert_jax.batch_types import Batch, TaskLabels
 from bert_jax.heads import MultitaskBert
+from bert_jax.tasks import Task
 from train.optimizer import last_update_applied, learning_rates
 from train.sharding import DATA_AXIS, replicate
 
@@ -37,19 +38,33 @@ def create_state(params, tx: optax.GradientTransformation, seed: int, mesh: Mesh
     return replicate(state, mesh)
 
 
-def task_losses(outputs: dict[str, jax.Array], labels: TaskLabels) -> dict[str, jax.Array]:
-    """Mean loss per task present: SST cross-entropy, paraphrase BCE on logits, STS MSE.
-    `outputs` as `MultitaskBert` returns them; `labels` [B_task] per task (a `Batch`'s)."""
+def task_losses(outputs: dict[str, jax.Array], labels: TaskLabels,
+                tasks: Sequence[Task]) -> dict[str, jax.Array]:
+    """Mean loss per task present, in the order of `tasks` (the model's definitions): cross-
+    entropy on K > 2 logits, binary cross-entropy on one logit (two classes), MSE on scores
+    (`Task.loss`). `outputs` as `MultitaskBert` returns them; `labels` [B_task] per task (a
+    `Batch`'s): int32 class indices or float32 scores. Each task's `loss_weight` is applied
+    where the losses are summed (`weighted_sum`), not here."""
     losses = {}
-    if "sst" in outputs:
-        losses["sst"] = optax.softmax_cross_entropy_with_integer_labels(
-            outputs["sst"], labels.sst).mean()
-    if "para" in outputs:
-        losses["para"] = optax.sigmoid_binary_cross_entropy(
-            outputs["para"], labels.para.astype(jnp.float32)).mean()
-    if "sts" in outputs:
-        losses["sts"] = jnp.mean((outputs["sts"] - labels.sts) ** 2)
+    for task in tasks:
+        if task.name not in outputs:
+            continue
+        out, gold = outputs[task.name], labels[task.name]
+        if task.loss == "ce":
+            losses[task.name] = optax.softmax_cross_entropy_with_integer_labels(out, gold).mean()
+        elif task.loss == "bce":
+            losses[task.name] = optax.sigmoid_binary_cross_entropy(
+                out, gold.astype(jnp.float32)).mean()
+        else:
+            losses[task.name] = jnp.mean((out - gold) ** 2)
     return losses
+
+
+def weighted_sum(losses: dict[str, jax.Array], tasks: Sequence[Task]) -> jax.Array:
+    """The loss a step minimises: sum over tasks of `loss_weight` x the task's loss (a weight
+    of 1, every built-in's, multiplies by nothing)."""
+    weights = {t.name: t.loss_weight for t in tasks}
+    return sum(v if weights[k] == 1.0 else weights[k] * v for k, v in losses.items())
 
 
 def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh: Mesh,
@@ -59,7 +74,7 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
     `batch` is a `Batch` of global arrays sharded over the "data" axis (leading dimension = the
     global batch per task, or packed rows, divisible by the number of devices; packed, each
     device's rows a packing group of `sizes` examples per task). `metrics` (replicated
-    scalars): `loss` (the sum of task losses), `loss_{task}` per task present, `finite` (1.0
+    scalars): `loss` (the weighted sum of task losses), `loss_{task}` per task present, `finite` (1.0
     when the update was applied; a non-finite gradient, as a non-finite loss gives, leaves
     params and optimiser state unchanged), `grad_norm`, and the learning rate of each group
     (`lr` or `lr_<group>`, see `train.optimizer.learning_rates`). `tx`: `make_optimizer`'s.
@@ -76,10 +91,10 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
         def loss_fn(params):
             outputs = model.apply({"params": params}, batch.inputs,
                                   deterministic=deterministic, rngs={"dropout": rng})
-            losses = task_losses(outputs, batch.labels)
+            losses = task_losses(outputs, batch.labels, model.heads.tasks)
             if not single:  # the global batch's mean loss
                 losses = jax.lax.pmean(losses, DATA_AXIS)
-            return sum(losses.values()), losses
+            return weighted_sum(losses, model.heads.tasks), losses
 
         # The parameters are replicated (unvarying over the "data" axis), so shard_map's
         # autodiff already sums their cotangents over the devices: the gradient of the mean loss

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from train.config import TASKS, TrainConfig
+from train.config import TrainConfig
 from train.errors import TrainingError
 from train.progress import TrainProgress
 from train.run_folder import write_json_line
@@ -20,7 +20,8 @@ log = logging.getLogger("train.multitask")  # the loop's lines carry the tool's 
 
 
 def nonfinite_message(record: dict, ids: dict[str, list[str]]) -> str:
-    tasks = [t for t in TASKS if not np.isfinite(record.get(f"loss_{t}", 0.0))]
+    tasks = [k[len("loss_"):] for k, v in record.items()
+             if k.startswith("loss_") and not np.isfinite(v)]
     shown = {t: ids.get(t, [])[:8] for t in tasks or ids}
     return (f"non-finite loss at step {record['step']} (tasks {tasks or 'unknown'}; example ids "
             f"{shown}). The update was skipped and the last good checkpoint kept. Lower --lr, set "

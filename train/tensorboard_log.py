@@ -128,7 +128,8 @@ class TensorBoardLog:
         self._add(record, "train")
 
     def dev(self, record: dict) -> None:
-        """A metrics.jsonl record: `dev/sst_acc`, `dev/para_acc`, `dev/sts_r`, `dev/overall`."""
+        """A metrics.jsonl record: `dev/SCORE` per task (`dev/sst_acc`, `dev/para_acc`, `dev/sts_r`,
+        `dev/<name>_acc` or `_r`) and `dev/overall`."""
         self._add(record, "dev")
 
     def close(self) -> None:
