@@ -1,7 +1,8 @@
 """Tokenization of a loaded split, cached on disk by `datasets` under a content key.
 
 `tokenize_split` adds the token ids of every sentence (`ids1`, `len1`, and `ids2`, `len2` for
-pairs); the cache file's key hashes the split's content, the tokenizer and `max_length`, so a
+pairs), or with `cross=True` of every pair encoded together (`ids1`, `len1`, `first1`); the
+cache file's key hashes the split's content, the tokenizer, `max_length` and `cross`, so a
 second call with the same inputs reads the file. An unwritable cache folder (read-only, or a
 disk that fills up while the file is written) falls back to memory and a damaged cache file is
 rebuilt, each with a warning naming it.
@@ -94,11 +95,13 @@ def _dataset_digest(ds: datasets.Dataset) -> str:
     return h.hexdigest()
 
 
-def cache_key(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
+def cache_key(ds: datasets.Dataset, tokenizer, max_length: int, cross: bool = False) -> str:
     """Hex digest of the dataset's content (all columns: what the source file and task gave),
-    the tokenizer (vocab file bytes and settings) and `max_length`."""
+    the tokenizer (vocab file bytes and settings), `max_length` and, when set, `cross` (so
+    sides encoded alone keep the key they had before pairs could be encoded together)."""
     h = hashlib.sha256()
-    for part in (_CACHE_VERSION, _dataset_digest(ds), _tokenizer_digest(tokenizer), str(max_length)):
+    parts = [_CACHE_VERSION, _dataset_digest(ds), _tokenizer_digest(tokenizer), str(max_length)]
+    for part in parts + (["cross"] if cross else []):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -110,27 +113,52 @@ def _truncate(row: np.ndarray, max_length: int) -> np.ndarray:
     return np.concatenate([row[:max_length - 1], row[-1:]])
 
 
-def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
+def _encode_cross(tokenizer, max_length: int, texts_a, texts_b) -> dict:
+    # Untruncated first (the lengths); the few pairs over max_length again, truncated: the
+    # longest-first cut depends on both sides, so it is the tokenizer's, not `_truncate`'s.
+    full = tokenizer.encode_pair_ids(list(texts_a), list(texts_b), max_length=1_000_000)
+    long = [i for i, (ids, _) in enumerate(full) if len(ids) > max_length]
+    cut = dict(zip(long, tokenizer.encode_pair_ids([texts_a[i] for i in long],
+                                                   [texts_b[i] for i in long], max_length)))
+    kept = [cut.get(i, pair) for i, pair in enumerate(full)]
+    return {"ids1": [ids for ids, _ in kept],
+            "len1": np.asarray([len(ids) for ids, _ in full], np.int32),
+            "first1": np.asarray([first for _, first in kept], np.int32)}
+
+
+def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *, cross: bool = False,
                    cache_dir: str | os.PathLike | None | bool = None) -> datasets.Dataset:
     """`ds` with token ids added via `Dataset.map(batched=True)`, cached on disk.
 
     Adds `ids1` (list of int32: [CLS] sentence1 [SEP], truncated to `max_length`) and `len1`
     (int32, the untruncated length); `ids2`/`len2` too for pair tasks. Each sentence is encoded
-    on its own. The cache file `tokens-<key>.arrow` lives in `cache_dir` (default
-    `default_cache_dir()`; False: no disk cache); the key hashes the dataset's content, the
-    tokenizer and `max_length`, so a second call with the same inputs reuses it. Logs how many
-    sentences were truncated (see `count_truncated`).
+    on its own. With `cross=True` (pairs only) a pair is one sequence instead: `ids1` is
+    [CLS] sentence1 [SEP] sentence2 [SEP] truncated longest-first to `max_length` (as
+    `Tokenizer.encode_pair_ids`), `len1` its untruncated length and `first1` (int32) its number
+    of tokens of type 0 (`pair_type_ids`); no `ids2`/`len2`. The cache file
+    `tokens-<key>.arrow` lives in `cache_dir` (default `default_cache_dir()`; False: no disk
+    cache); the key hashes the dataset's content, the tokenizer, `max_length` and `cross`, so a
+    second call with the same inputs reuses it. Logs how many sentences (pairs, when `cross`)
+    were truncated (see `count_truncated`).
     """
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 ([CLS] and [SEP]), not {max_length}")
+    if max_length < (3 if cross else 2):
+        raise ValueError(f"max_length must be at least {3 if cross else 2} ([CLS] and "
+                         f"{'two [SEP]' if cross else '[SEP]'}), not {max_length}")
     pair = "sentence2" in ds.column_names
+    if cross and not pair:
+        raise ValueError("cross=True encodes pairs together, but the dataset has no sentence2 "
+                         "column: encode single sentences with cross=False")
     in_cols = ["sentence1", "sentence2"] if pair else ["sentence1"]
     features = ds.features.copy()
-    for k in ("1", "2") if pair else ("1",):
+    for k in ("1",) if cross or not pair else ("1", "2"):
         features["ids" + k] = datasets.List(datasets.Value("int32"))
         features["len" + k] = datasets.Value("int32")
+    if cross:
+        features["first1"] = datasets.Value("int32")
 
     def encode(*cols):
+        if cross:
+            return _encode_cross(tokenizer, max_length, *cols)
         out = {}
         for k, texts in zip(("1", "2"), cols):
             full = tokenizer.encode_ids(list(texts), max_length=1_000_000)
@@ -138,7 +166,7 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
             out["len" + k] = np.asarray([len(r) for r in full], np.int32)
         return out
 
-    key = cache_key(ds, tokenizer, max_length)
+    key = cache_key(ds, tokenizer, max_length, cross)
     show = live_progress()
     map_split = functools.partial(ds.map, encode, batched=True, input_columns=in_cols,
                                   features=features, new_fingerprint=key[:40], desc="tokenizing")
@@ -182,8 +210,9 @@ def tokenize_split(ds: datasets.Dataset, tokenizer, max_length: int, *,
             out = run(cache_file_name=str(cache_file), load_from_cache_file=False)
     n = count_truncated(out, max_length)
     if n:
-        logger.warning("%d sentence%s longer than max_length=%d tokens truncated (of %d)", n,
-                       "s" if n > 1 else "", max_length, len(out) * (2 if pair else 1))
+        logger.warning("%d %s%s longer than max_length=%d tokens truncated (of %d)", n,
+                       "pair" if cross else "sentence", "s" if n > 1 else "", max_length,
+                       len(out) * (2 if pair and not cross else 1))
     return out
 
 
@@ -204,7 +233,8 @@ def _writable_cache_file(folder: Path, name: str) -> Path | None:
 
 
 def count_truncated(ds: datasets.Dataset, max_length: int) -> int:
-    """How many sentences of a tokenized dataset were longer than `max_length` tokens."""
+    """How many sentences of a tokenized dataset were longer than `max_length` tokens (pairs,
+    of a dataset tokenized with `cross=True`)."""
     table = ds.with_format("arrow")[:]
     return int(sum((table.column(c).to_numpy() > max_length).sum()
                    for c in ("len1", "len2") if c in table.column_names))

@@ -2,7 +2,9 @@
 
 `Tokenizer(texts, texts_pair=None, max_length=128)` returns numpy int32 arrays padded to a length
 the caller chooses; `encode_ids` returns unpadded id arrays for the data pipeline, which pads each
-batch to a length bucket itself.
+batch to a length bucket itself, and `encode_pair_ids` the same for pairs encoded together
+(`[CLS] a [SEP] b [SEP]`, a cross-encoder's input) with where their token types turn to 1
+(`pair_type_ids`).
 """
 from __future__ import annotations
 
@@ -86,6 +88,22 @@ class Tokenizer:
         """Unpadded int32 token ids per text (with [CLS]/[SEP]), truncated to `max_length`."""
         return [np.asarray(e.ids, np.int32) for e in self._encode(texts, None, max_length)]
 
+    def encode_pair_ids(self, texts_a: Sequence[str], texts_b: Sequence[str],
+                        max_length: int = 512) -> list[tuple[np.ndarray, int]]:
+        """Per pair `(ids, first)`: the unpadded int32 joint ids `[CLS] a [SEP] b [SEP]` [n]
+        (n <= `max_length`, truncated longest-first: the longer side loses a token at a time,
+        exactly as `BertTokenizerFast(a, b, truncation=True, max_length=...)`) and `first`, the
+        number of tokens of type 0 (`[CLS] a [SEP]` after truncation). The token types are
+        `pair_type_ids(n, first)`. (An empty `b` gives `[CLS] a [SEP] [SEP]`, where
+        `BertTokenizerFast` reads `""` as no second text; the loaders reject empty sentences.)"""
+        if max_length < 3:
+            raise ValueError(f"max_length must be at least 3 for a pair ([CLS], [SEP], [SEP]), "
+                             f"not {max_length}")
+        if isinstance(texts_a, str) or isinstance(texts_b, str):
+            raise TypeError("encode_pair_ids takes two lists of texts, not strings")
+        return [(np.asarray(e.ids, np.int32), e.type_ids.count(0))
+                for e in self._encode(list(texts_a), list(texts_b), max_length)]
+
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Untruncated length of each text in tokens (with [CLS]/[SEP]): int32 [n]."""
         self._tok.no_truncation()
@@ -116,6 +134,16 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(map(int, ids)), skip_special_tokens=True)
+
+
+def pair_type_ids(length: int, first: int) -> np.ndarray:
+    """Token types of a joint pair of `length` tokens whose first `first` are `[CLS] a [SEP]`:
+    int32 [length], 0 before `first` and 1 from it (see `Tokenizer.encode_pair_ids`)."""
+    if not 0 <= first <= length:
+        raise ValueError(f"first={first} is outside a sequence of {length} tokens")
+    types = np.ones(length, np.int32)
+    types[:first] = 0
+    return types
 
 
 def pad_ids(rows: Sequence[np.ndarray], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
