@@ -79,7 +79,7 @@ def same_loss_check(jax_runner: JaxTrainRunner, reference: TorchReference, torch
     @jax.jit  # one program, not one per operation (seconds on a GPU or a loaded CPU)
     def loss(params, batch):
         out = model.apply({"params": params}, batch.inputs, deterministic=True)
-        return sum(task_losses(out, batch.labels).values())
+        return sum(task_losses(out, batch.labels, model.heads.tasks).values())
 
     loss_jax = float(loss(jax_runner.state.params, arrays))
     loss_torch = reference.loss(torch_model, sample)

@@ -56,6 +56,9 @@ class Task:
     the row's line number). delimiter: of .csv/.tsv files ("" = from the suffix: "," for .csv,
     tab for .tsv); built-ins read the CS224N tab-separated files. batch_size: examples per step
     (0: the run's --batch-size). loss_weight: the task's loss is multiplied by it in the sum.
+    ordinal: classification with K > 2 ordered classes: the weight of an ordinal penalty added
+    to the cross-entropy, the squared earth mover's distance between the predicted class
+    distribution and the gold class (`train.step.squared_emd`); 0: none.
     """
     name: str
     kind: str
@@ -71,6 +74,7 @@ class Task:
     batch_size: int = 0
     loss_weight: float = 1.0
     column_names: tuple[str, ...] = ()  # how prediction files name the output column
+    ordinal: float = 0.0
 
     def __post_init__(self):
         def bad(key: str, problem: str, fix: str):
@@ -115,6 +119,9 @@ class Task:
             bad("batch_size", f"{self.batch_size} is negative", "Give 0 (the run's) or more")
         if not self.loss_weight > 0:
             bad("loss_weight", f"{self.loss_weight} is not above 0", "Give a positive weight")
+        if self.ordinal < 0 or (self.ordinal and self.loss != "ce"):
+            bad("ordinal", f"{self.ordinal} for a {self.loss} loss",
+                "Give 0, or a positive weight for a classification task of 3 or more classes")
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "text", tuple(self.text))
         object.__setattr__(self, "files", tuple((s, str(p)) for s, p in self.files))

@@ -64,8 +64,9 @@ class TrainConfig:
                                   "(NVIDIA GPUs, bfloat16, with --no-pack)")
     # What to train
     tasks: tuple[str, ...] = setting(TASKS, "comma-separated tasks to train: sst, para, sts and "
-                                     "those of --tasks-file (default: the preset's, and every "
-                                     "task of --tasks-file); dev scores always cover every task")
+                                     "those of --tasks-file (without --tasks, every task of "
+                                     "--tasks-file joins the preset's); dev scores always cover "
+                                     "every task")
     tasks_file: str = setting("", "TOML file of your own task definitions, trained beside the "
                               "preset's (README: Your own tasks); '': none")
     user_tasks: tuple[Task, ...] = dataclasses.field(default=(), metadata={
@@ -105,6 +106,14 @@ class TrainConfig:
     sst_phrases_match_labels: bool = setting(True, "sample phrases in the label proportions of "
                                              "the SST training sentences; "
                                              "--no-sst-phrases-match-labels: a uniform sample")
+    # Loss (the report: the plain sum of the three)
+    loss_weights: str = setting("", "per-task weights in the summed loss, e.g. 'sst=2,para=0.5' "
+                                "(a task not named: its definition's weight, 1 for the "
+                                "built-ins); '': none")
+    sst_ordinal: float = setting(0.0, "weight of an ordinal penalty on SST's five ordered "
+                                 "classes, added to its cross-entropy: the squared earth "
+                                 "mover's distance between the predicted distribution and the "
+                                 "gold class (0: off)", nonnegative_float)
     # Optimiser (AdamW with PyTorch's defaults for betas and epsilon)
     lr: float = setting(1e-5, "peak learning rate of AdamW for the encoder", positive_float)
     head_lr: float = setting(0.0, "learning rate of the task heads (0: the same as --lr); fresh "
@@ -207,6 +216,7 @@ class TrainConfig:
                     raise ConfigError(f"{f.name}: {err}") from None
         try:
             self.head_config()  # validates pooling, heads and the tasks' names
+            self.loss_tasks()
         except (TaskError, ValueError) as err:
             raise ConfigError(str(err)) from None
 
@@ -231,6 +241,30 @@ class TrainConfig:
     def task_definitions(self) -> tuple[Task, ...]:
         """Every task's definition: the built-ins (with this run's heads), then the user's."""
         return self.head_config().tasks
+
+    def weights(self) -> dict[str, float]:
+        """{task: weight} from `loss_weights` ('sst=2,para=0.5'); ConfigError naming the part."""
+        out = {}
+        for part in filter(None, (p.strip() for p in self.loss_weights.split(","))):
+            name, _, value = part.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = float("nan")
+            if name.strip() not in self.task_names() or not weight > 0 or weight == float("inf"):
+                raise ConfigError(f"loss_weights: {part!r} is not TASK=WEIGHT with a task of "
+                                  f"{', '.join(self.task_names())} and a positive weight, e.g. "
+                                  "'sst=2,para=0.5'")
+            out[name.strip()] = weight
+        return out
+
+    def loss_tasks(self) -> tuple[Task, ...]:
+        """The definitions the train step's losses follow: `task_definitions()` with this run's
+        `loss_weights` and, for SST, `sst_ordinal` (training settings, not the model's)."""
+        weights = self.weights()
+        return tuple(t.replace(loss_weight=weights.get(t.name, t.loss_weight),
+                               ordinal=self.sst_ordinal if t.name == "sst" else t.ordinal)
+                     for t in self.task_definitions())
 
     def task_names(self) -> tuple[str, ...]:
         return TASKS + tuple(t.name for t in self.user_tasks)

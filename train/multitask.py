@@ -202,7 +202,7 @@ def _set_up(cfg: TrainConfig, out_dir: Path, files: dict[tuple[str, str], Path],
     # Dev scores are computed in every process: the outputs gathered onto each.
     predict = distributed.gather_outputs(make_predict_step(model), mesh)
     return _Run(cfg=cfg, out_dir=out_dir, data=data, bert_config=bert_config, mesh=mesh,
-                fresh=fresh, train_step=make_train_step(model, tx, mesh),
+                fresh=fresh, train_step=make_train_step(model, tx, mesh, tasks=cfg.loss_tasks()),
                 evaluator=Evaluator(model, mesh, cfg.eval_batch_size, predict=predict),
                 per_epoch=per_epoch, total_steps=total_steps, progress=progress,
                 ckpts=RunCheckpoints(out_dir, keep_last=cfg.keep_last))

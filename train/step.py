@@ -51,13 +51,25 @@ def task_losses(outputs: dict[str, jax.Array], labels: TaskLabels,
             continue
         out, gold = outputs[task.name], labels[task.name]
         if task.loss == "ce":
-            losses[task.name] = optax.softmax_cross_entropy_with_integer_labels(out, gold).mean()
+            loss = optax.softmax_cross_entropy_with_integer_labels(out, gold).mean()
+            if task.ordinal:
+                loss = loss + task.ordinal * squared_emd(out, gold).mean()
+            losses[task.name] = loss
         elif task.loss == "bce":
             losses[task.name] = optax.sigmoid_binary_cross_entropy(
                 out, gold.astype(jnp.float32)).mean()
         else:
             losses[task.name] = jnp.mean((out - gold) ** 2)
     return losses
+
+
+def squared_emd(logits: jax.Array, gold: jax.Array) -> jax.Array:
+    """The squared earth mover's distance between softmax(logits) [B, K] and the one-hot gold
+    class [B] over K ordered classes: sum over k of (CDF_pred(k) - CDF_gold(k))^2, [B]. Zero
+    when all mass is on the gold class; a wrong class costs more the farther it is."""
+    cdf_pred = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    cdf_gold = (jnp.arange(logits.shape[-1])[None, :] >= gold[:, None]).astype(jnp.float32)
+    return jnp.sum((cdf_pred - cdf_gold) ** 2, axis=-1)
 
 
 def weighted_sum(losses: dict[str, jax.Array], tasks: Sequence[Task]) -> jax.Array:
@@ -68,7 +80,7 @@ def weighted_sum(losses: dict[str, jax.Array], tasks: Sequence[Task]) -> jax.Arr
 
 
 def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh: Mesh,
-                    deterministic: bool = False):
+                    deterministic: bool = False, tasks: Sequence[Task] | None = None):
     """`step(state, batch) -> (state, metrics)`, jit-compiled, `state` donated.
 
     `batch` is a `Batch` of global arrays sharded over the "data" axis (leading dimension = the
@@ -78,7 +90,10 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
     when the update was applied; a non-finite gradient, as a non-finite loss gives, leaves
     params and optimiser state unchanged), `grad_norm`, and the learning rate of each group
     (`lr` or `lr_<group>`, see `train.optimizer.learning_rates`). `tx`: `make_optimizer`'s.
+    `tasks`: the definitions the losses follow (loss weights, ordinal penalty: training
+    settings, `TrainConfig.loss_tasks`); default the model's.
     """
+    tasks = tuple(tasks) if tasks is not None else model.heads.tasks
     # On a mesh of one device the program runs without shard_map: a one-device all-reduce of
     # the gradients is still a copy of every one of them (about 4% of a CPU step).
     single = mesh.devices.size == 1
@@ -91,10 +106,10 @@ def make_train_step(model: MultitaskBert, tx: optax.GradientTransformation, mesh
         def loss_fn(params):
             outputs = model.apply({"params": params}, batch.inputs,
                                   deterministic=deterministic, rngs={"dropout": rng})
-            losses = task_losses(outputs, batch.labels, model.heads.tasks)
+            losses = task_losses(outputs, batch.labels, tasks)
             if not single:  # the global batch's mean loss
                 losses = jax.lax.pmean(losses, DATA_AXIS)
-            return weighted_sum(losses, model.heads.tasks), losses
+            return weighted_sum(losses, tasks), losses
 
         # The parameters are replicated (unvarying over the "data" axis), so shard_map's
         # autodiff already sums their cotangents over the devices: the gradient of the mean loss
