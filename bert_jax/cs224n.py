@@ -336,16 +336,26 @@ def load_split(path: str | os.PathLike, task: Task | str, *, labeled: bool = Tru
 
 
 
-def read_id_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+def read_id_lines(path: str | os.PathLike, task: Task | str | None = None
+                  ) -> list[tuple[int, str]]:
     """(line, id) of every row, in file order, one per line as `load_split` reads it (a row
     with an unbalanced quote is its own row; no other validation): what a prediction file
-    must account for, bad rows included."""
+    must account for, bad rows included. `task`: read as its definition says (separator,
+    JSON lines, id column; no id column: the line number); default a CS224N file."""
     path = Path(path)
-    header, records = iter_records(path, _read_text(path))
+    task = as_task(task) if task is not None else None
+    id_col = task.id if task is not None else "id"
+    if task is not None and path.suffix.lower() == ".jsonl":
+        header, records = iter_json_records(path, _read_text(path), task, False)
+    else:
+        header, records = iter_records(path, _read_text(path),
+                                       _delimiter(path, task) if task is not None else "\t")
+    if not id_col:
+        return [(line, str(line)) for line, _, _, _ in records]
     pos = {name: i for i, name in enumerate(header or [])}
-    if "id" not in pos:
-        raise data_error(path, 1, "no id column", "Pass a CS224N file of this task")
-    return [(line, row[pos["id"]].strip() if len(row) > pos["id"] else "")
+    if id_col not in pos:
+        raise data_error(path, 1, f"no {id_col} column", "Pass a file of this task")
+    return [(line, row[pos[id_col]].strip() if len(row) > pos[id_col] else "")
             for line, _, row, _ in records]
 
 

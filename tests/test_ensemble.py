@@ -1,5 +1,6 @@
 """train.ensemble: the ensemble's averaged probabilities and the weight soup, against numpy and
-scipy written out independently; `train.evaluate RUN1 RUN2` end to end on two tiny runs."""
+scipy written out independently, for the built-in tasks and a user's; members that define other
+tasks refused; `train.evaluate RUN1 RUN2` end to end on two tiny runs."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import pytest
 from conftest import replace_best
 from scipy.special import expit, logit, softmax
 
+from bert_jax.tasks import Task
 from train import ensemble, evaluate
 
 
@@ -49,6 +51,50 @@ def test_para_ensemble_is_the_logit_of_the_mean_probability_even_when_saturated(
 def test_sts_ensemble_is_the_mean_score():
     scores = [np.array([0.5, 4.0, 2.0]), np.array([1.5, 3.0, 2.5])]
     np.testing.assert_allclose(ensemble.combine_outputs("sts", scores), [1.0, 3.5, 2.25])
+
+
+NLI = Task("nli", "pair-classification", text=("premise", "hypothesis"), label="gold",
+           classes=("neutral", "entailment", "contradiction"))
+YES_NO = Task("dup", "pair-classification", text=("a", "b"), label="gold", classes=("no", "yes"))
+STARS = Task("stars", "regression", text=("review",), label="stars", range=(1.0, 5.0))
+
+
+def test_a_user_tasks_ensemble_averages_probabilities_or_scores():
+    """Any task by its definition: K > 2 string classes as SST, two as the paraphrase task, a
+    score as STS; against scipy's softmax and sigmoid written out independently."""
+    rng = np.random.default_rng(1)
+    logits = [rng.normal(0, 3, (40, 3)) for _ in range(3)]
+    got = ensemble.combine_outputs(NLI, logits)
+    assert got.shape == (40, 3)
+    np.testing.assert_allclose(softmax(got.astype(np.float64), -1),
+                               np.mean([softmax(x, -1) for x in logits], 0), rtol=1e-5,
+                               atol=1e-7)
+    two = [rng.normal(0, 3, 40) for _ in range(2)]
+    np.testing.assert_allclose(ensemble.combine_outputs(YES_NO, two),
+                               logit(np.mean([expit(x) for x in two], 0)), rtol=1e-4, atol=1e-5)
+    scores = [rng.uniform(1, 5, 40) for _ in range(4)]
+    np.testing.assert_allclose(ensemble.combine_outputs(STARS, scores), np.mean(scores, 0),
+                               rtol=1e-6)
+
+
+def test_members_must_define_the_same_tasks():
+    """Heads may differ (concat against diff), tasks and their labels may not: one line naming
+    the run and the tasks that differ."""
+    from bert_jax.heads import HeadConfig
+    base = HeadConfig(extra_tasks=(NLI, STARS)).tasks
+    ensemble.check_same_tasks([base, HeadConfig(para_head="diff",
+                                                 extra_tasks=(NLI, STARS)).tasks],
+                              ["runs/a", "runs/b"])
+    others = [HeadConfig(extra_tasks=(NLI,)).tasks,  # stars missing
+              HeadConfig(extra_tasks=(NLI, STARS, YES_NO)).tasks,  # dup added
+              HeadConfig(extra_tasks=(NLI.replace(classes=("entailment", "neutral",
+                                                           "contradiction")), STARS)).tasks]
+    for tasks, differ in zip(others, ("stars", "dup", "nli")):
+        with pytest.raises(ensemble.CombineError) as info:
+            ensemble.check_same_tasks([base, tasks], ["runs/a", "runs/b"])
+        message = str(info.value)
+        assert message.startswith("runs/b: its tasks differ from runs/a's (" + differ + ":")
+        assert "\n" not in message
 
 
 def test_soup_is_the_elementwise_mean_in_each_leafs_dtype():

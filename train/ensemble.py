@@ -2,11 +2,12 @@
 
 `python -m train.evaluate RUN1 RUN2 ... --combine ensemble|soup --out DIR` uses these.
 
-- **ensemble**: every run predicts every row with its own model; the SST class probabilities,
-  the paraphrase probabilities and the STS scores are averaged. It costs one forward pass per
-  run, and gains most where the runs disagree, which for the 22M-parameter encoder is SST-5
-  (the three seeds of RESULTS.md section 6 differ by up to 0.013 in SST accuracy but by 0.002
-  in STS r).
+- **ensemble**: every run predicts every row with its own model; per task, the class
+  probabilities (SST's five, the paraphrase probability, a user task's classes) and the
+  scores (STS, a user regression task) are averaged. The runs must define the same tasks
+  (names and labels; their heads may differ). It costs one forward pass per run, and gains
+  most where the runs disagree, which for the 22M-parameter encoder is SST-5 (the three seeds
+  of RESULTS.md section 6 differ by up to 0.013 in SST accuracy but by 0.002 in STS r).
 - **soup**: the runs' parameters are averaged element-wise into one model ("Model soups",
   Wortsman et al. 2022), which costs one forward pass. It needs runs fine-tuned from the same
   pre-trained weights with the same architecture and heads (the runs of one configuration
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax.errors import BertJaxError
+from bert_jax.tasks import Task, as_task
 
 COMBINE_METHODS = ("ensemble", "soup")
 
@@ -40,25 +42,48 @@ def _log_mean_softmax(logits: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(log_probs - top).mean(0))
 
 
-def combine_outputs(task: str, outputs: Sequence[np.ndarray]) -> np.ndarray:
+def combine_outputs(task: Task | str, outputs: Sequence[np.ndarray]) -> np.ndarray:
     """Raw head outputs of several models for the same rows -> the raw outputs of their ensemble,
     in the same form, so `bert_jax.inference.to_predictions` and `train.analyze` read them as
-    one model's:
-    - "sst": [n, 5] logits per model -> [n, 5] log of the mean softmax probabilities;
-    - "para": [n] logits per model -> [n] logit of the mean sigmoid probability;
-    - "sts": [n] scores per model -> [n] mean score.
+    one model's. `task`: a definition or a built-in's name:
+    - K > 2 classes (SST): [n, K] logits per model -> [n, K] log of the mean softmax
+      probabilities;
+    - two classes (paraphrase): [n] logits per model -> [n] logit of the mean sigmoid
+      probability;
+    - a score (STS): [n] scores per model -> [n] mean score.
     """
+    task = as_task(task)
     stacked = np.stack([np.asarray(o) for o in outputs])
-    if task == "sst":
-        return _log_mean_softmax(stacked).astype(np.float32)
-    if task == "para":
-        # log p and log (1 - p) of each model, averaged in probability space, stably.
-        both = np.stack([np.zeros_like(stacked), stacked.astype(np.float64)], -1)  # [m, n, 2]
-        log_mean = _log_mean_softmax(both)  # [n, 2]: log mean (1 - p), log mean p
-        return (log_mean[:, 1] - log_mean[:, 0]).astype(np.float32)
-    if task == "sts":
+    if not task.is_classification:
         return stacked.astype(np.float64).mean(0).astype(np.float32)
-    raise ValueError(f"unknown task {task!r}")
+    if task.num_outputs > 1:
+        return _log_mean_softmax(stacked).astype(np.float32)
+    # log p and log (1 - p) of each model, averaged in probability space, stably.
+    both = np.stack([np.zeros_like(stacked), stacked.astype(np.float64)], -1)  # [m, n, 2]
+    log_mean = _log_mean_softmax(both)  # [n, 2]: log mean (1 - p), log mean p
+    return (log_mean[:, 1] - log_mean[:, 0]).astype(np.float32)
+
+
+def _label_signature(task: Task) -> tuple:
+    """What members must share for their outputs of a task to be averaged: its kind, classes
+    (in order) or range, and so its outputs' shape and meaning (not its head or encoding)."""
+    return task.kind, tuple(str(c) for c in task.classes), task.range
+
+
+def check_same_tasks(tasks: Sequence[Sequence[Task]], names: Sequence[str]) -> None:
+    """CombineError unless every member (`tasks[k]`: the definitions of run `names[k]`) defines
+    the tasks of the first, with the same labels; the message names the run and the tasks that
+    differ."""
+    first = {t.name: _label_signature(t) for t in tasks[0]}
+    for defined, name in zip(tasks[1:], names[1:]):
+        own = {t.name: _label_signature(t) for t in defined}
+        differ = sorted(set(first) ^ set(own)) + sorted(
+            n for n in set(first) & set(own) if first[n] != own[n])
+        if differ:
+            raise CombineError(
+                f"{name}: its tasks differ from {names[0]}'s ({', '.join(differ)}: defined in "
+                "one run only, or with other classes, range or kind); an ensemble or soup needs "
+                "runs that define the same tasks")
 
 
 def uniform_soup(params: Sequence[Any], names: Sequence[str]) -> Any:

@@ -1,24 +1,33 @@
 """Dev scores, CS224N prediction files and plots of a run's checkpoint.
 
-`python -m train.evaluate RUN [--out DIR]` writes into DIR (default RUN/predictions):
-- `sst-dev-output.csv`, `para-dev-output.csv`, `sts-dev-output.csv` and the `-test-` files (from
-  the test-student files; there is no Quora test file) in the CS224N format (`id,Predicted_...`),
-  one row per id of the input file: a bad row of a dev file (no label, no sentence, ...) is left
+`python -m train.evaluate RUN [--out DIR]` writes into DIR (default RUN/predictions), for every
+task the run defines (the built-ins, read from the data folder, and the run's own tasks, read
+from the files their definitions name):
+- `<task>-dev-output.csv` and, for a task with a test file, `<task>-test-output.csv` (the
+  built-ins: `sst-`, `para-`, `sts-`, from the test-student files; there is no Quora test file)
+  in the CS224N format: a header `id,Predicted_...` (the built-ins' CS224N column names, a
+  user task's `Predicted_<label column>`), then `id , value` rows holding the label values
+  (`3`, `ENTAILMENT`) or scores (`%.6f`), one row per id of the input file: a bad row of a dev
+  file (no label, no sentence, ...) is left
   out of its prediction file and of the scores, and a line says which (ids and lines also in
   `scores.json`, `left_out`); a bad row of a test file (the file you submit) stops the
   evaluation before anything is written;
-- `scores.json`: the dev scores, the checkpoint (`which`, `checkpoint_step`) and the dev files
-  read (path and sha256);
-- `dev-outputs.npz`: the raw dev outputs per task (SST logits, paraphrase logits, STS scores)
-  with their ids, which `python -m train.analyze` reads instead of running the model again;
-- `sst_confusion.png`, `para_histograms.png`, `sts_scatter.png`: dev predictions against gold.
+- `scores.json`: the dev scores (`<task>_acc` or `<task>_r` per task, and `overall` over every
+  task: the mean of the accuracies and of (r + 1) / 2), the checkpoint (`which`,
+  `checkpoint_step`) and the dev files read (path and sha256);
+- `dev-outputs.npz`: the raw dev outputs per task (`<task>`: logits [n, K] for K > 2 classes,
+  one logit [n] for two, scores [n]) with their ids (`<task>_ids`), which
+  `python -m train.analyze` reads instead of running the model again;
+- a plot per task of its dev predictions against gold (`bert_jax.plots.write_eval_plots`:
+  the built-ins' `sst_confusion.png`, `para_histograms.png`, `sts_scatter.png`, a user
+  task's `<task>_confusion.png` or `<task>_scatter.png`).
 It ends by printing the rounded scores and the path of every file written. DIR must be new,
 empty, an earlier evaluation's folder or RUN/predictions: any other folder is refused.
 
 `python -m train.evaluate RUN1 RUN2 ... --out DIR [--combine ensemble|soup]` writes the same
 files for several runs predicting as one (train/ensemble.py): an ensemble (averaged
-probabilities and scores; the default) or a soup (averaged weights); `scores.json` then names
-every run and checkpoint.
+probabilities and scores; the default) or a soup (averaged weights); the runs must define the
+same tasks. `scores.json` then names every run and checkpoint.
 """
 from __future__ import annotations
 
@@ -35,21 +44,21 @@ import numpy as np
 from bert_jax import metrics
 from bert_jax.checkpoints import RunFiles, load_run, read_json
 from bert_jax.cli import add_data_dir, nonnegative_int, output_dir, positive_int, prog
-from bert_jax.cs224n import (TASKS, DataError, default_file, find_data_dir,
-                             load_split_with_report, read_id_lines)
+from bert_jax.cs224n import DataError, find_data_dir, load_split_with_report, read_id_lines
 from bert_jax.errors import BertJaxError
 from bert_jax.evaluation import Evaluator
 from bert_jax.heads import MultitaskBert
-from bert_jax.inference import to_predictions
+from bert_jax.inference import class_values, to_predictions
 from bert_jax.outputs import check_output_folder, check_writable_folder
 from bert_jax.plots import write_eval_plots
-from bert_jax.task_data import task_data
+from bert_jax.task_data import label_dtype, task_data
+from bert_jax.tasks import BUILTINS, Task
 from bert_jax.token_cache import tokenize_split
 from bert_jax.tokenizer import Tokenizer
-from train.ensemble import COMBINE_METHODS, CombineError, combine_outputs, uniform_soup
+from train.ensemble import (COMBINE_METHODS, CombineError, check_same_tasks, combine_outputs,
+                            uniform_soup)
 from train.sharding import make_mesh
 
-SCORE_KEYS = ("sst_acc", "para_acc", "sts_r", "overall")
 SCORES_FILE, DEV_OUTPUTS_FILE = "scores.json", "dev-outputs.npz"
 
 
@@ -70,10 +79,6 @@ def closing_block(paths, scores: dict | None = None, heading: str = "scores") ->
     return "\n".join(lines)
 
 
-TASK_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase",
-                "sts": "Predicted_Similarity"}
-
-
 def resource_hint(err: BaseException) -> str | None:
     """A readable message for device out-of-memory errors (None for anything else)."""
     text = str(err)
@@ -85,12 +90,23 @@ def resource_hint(err: BaseException) -> str | None:
     return None
 
 
-def write_predictions(path: Path, task: str, ids: list[str], predictions: np.ndarray) -> None:
-    """A CS224N prediction file: header `id,Predicted_...`, then `id , value` rows."""
+def output_column(task: Task) -> str:
+    """The prediction file's column: the task's `column_names[0]` (the built-ins' CS224N names:
+    `Predicted_Sentiment`, `Predicted_Is_Paraphrase`, `Predicted_Similarity`), else
+    `Predicted_<label column>`."""
+    return task.column_names[0] if task.column_names else f"Predicted_{task.label}"
+
+
+def write_predictions(path: Path, task: Task, ids: list[str], predictions: np.ndarray) -> None:
+    """A CS224N prediction file: header `id,<output_column>`, then `id , value` rows, a value
+    being the predicted label value of a classification task as its files write it (`3`,
+    `ENTAILMENT`; `predictions`: [n] class indices) or a score with 6 decimals (`predictions`:
+    [n] scores)."""
+    values = class_values(task, predictions)
     with path.open("w") as f:
-        f.write(f"id,{TASK_COLUMNS[task]} \n")
-        for i, p in zip(ids, predictions):
-            value = f"{float(p):.6f}" if task == "sts" else str(int(p))
+        f.write(f"id,{output_column(task)} \n")
+        for i, v in zip(ids, values):
+            value = str(v) if task.is_classification else f"{float(v):.6f}"
             f.write(f"{i} , {value} \n")
 
 
@@ -100,14 +116,14 @@ class SplitRows:
     split is: dev rows need a label, test rows do not) and the bad rows left out, as
     (line, id) pairs. The prediction file holds exactly the valid rows' ids."""
     path: Path
-    task: str
+    task: Task
     split: str
     ds: Any
     left_out: list[tuple[int, str]]
 
     @property
     def output_name(self) -> str:
-        return f"{self.task}-{self.split}-output.csv"
+        return f"{self.task.name}-{self.split}-output.csv"
 
     def describe(self) -> str:
         """The one line that says what the prediction file holds and which rows it lacks."""
@@ -121,7 +137,7 @@ class SplitRows:
                 + (", ..." if bad > 10 else "") + f" (listed in {SCORES_FILE})")
 
 
-def read_split(path: Path, task: str, split: str, limit: int = 0) -> SplitRows:
+def read_split(path: Path, task: Task, split: str, limit: int = 0) -> SplitRows:
     """`path` read once: its valid rows (the first `limit`, 0: all) and the bad rows left out
     (within those lines). A bad row in a test file is refused: a test prediction file is what
     is submitted and must hold every id of its input."""
@@ -132,7 +148,8 @@ def read_split(path: Path, task: str, split: str, limit: int = 0) -> SplitRows:
         ds = ds.select(range(limit))
         last = ds[len(ds) - 1]["line"]
     bad_lines = {line for line, _ in skipped if line <= last}
-    left_out = [(line, ex_id) for line, ex_id in read_id_lines(path) if line in bad_lines]
+    left_out = [(line, ex_id) for line, ex_id in read_id_lines(path, task)
+                if line in bad_lines]
     if left_out and split == "test":
         raise DataError(
             f"{path}: {len(left_out)} bad row{'s' if len(left_out) > 1 else ''} (line"
@@ -143,10 +160,33 @@ def read_split(path: Path, task: str, split: str, limit: int = 0) -> SplitRows:
     return SplitRows(path, task, split, ds, left_out)
 
 
+def read_splits(tasks: tuple[Task, ...], data_dir: str | None, limit: int) -> list[SplitRows]:
+    """The dev and test files of every task, each read once (`read_split`): a built-in's from
+    the data folder (a file missing there is skipped), a user task's from its definition."""
+    base = find_data_dir(data_dir)
+    splits = []
+    for task in tasks:
+        for split in ("dev", "test"):
+            name = task.file(split)
+            if not name:
+                continue
+            if task.name in BUILTINS:
+                path = base / name
+                if not path.exists():
+                    continue
+            else:
+                path = Path(name)
+            splits.append(read_split(path, task, split, limit))
+    return splits
+
+
 def _predict_split(member: "Member", rows: SplitRows, progress: bool, desc: str) -> np.ndarray:
-    """Raw outputs of `member` for every valid row of `rows`, tokenized with its vocabulary."""
-    tok = tokenize_split(rows.ds, member.tokenizer, member.max_length)
-    return member.evaluator.outputs(member.run.params, task_data(tok, rows.task), rows.task,
+    """Raw outputs of `member` for every valid row of `rows`, tokenized with its vocabulary and
+    as its own definition of the task encodes it (a pair alone or cross-encoded)."""
+    spec = member.run.heads.task(rows.task.name)
+    cross = {"cross": True} if spec.encoding == "cross" else {}
+    tok = tokenize_split(rows.ds, member.tokenizer, member.max_length, **cross)
+    return member.evaluator.outputs(member.run.params, task_data(tok, spec), spec.name,
                                     progress, desc)
 
 
@@ -178,11 +218,10 @@ class Member:
     max_length: int
 
 
-def _members(run_dirs, which: str, combine: str, batch_size: int
+def _members(runs: list[RunFiles], combine: str, batch_size: int
              ) -> tuple[list[Member], list[dict]]:
     """(the models to run: one per run for an ensemble, one averaged model for a soup;
     {run, which, checkpoint_step} of every run read)."""
-    runs = [load_run(r, which) for r in run_dirs]
     sources = [{"run": str(r.run_dir), "which": r.which, "checkpoint_step": r.meta.get("step")}
                for r in runs]
     max_lengths = [int(read_json(r.run_dir / "train_config.json")["max_length"]) for r in runs]
@@ -226,11 +265,11 @@ def _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
     """(what scores.json holds, the paths written)."""
     out_dir = Path(out_dir)
     check_out_folder(out_dir)
-    base = find_data_dir(data_dir)
-    splits = [read_split(base / name, task, split, limit)  # every file read once, first
-              for task in TASKS for split in ("dev", "test")
-              if (name := default_file(task, split)) and (base / name).exists()]
-    members, sources = _members(run_dirs, which, combine, batch_size)
+    runs = [load_run(r, which) for r in run_dirs]
+    check_same_tasks([r.heads.tasks for r in runs], [str(r.run_dir) for r in runs])
+    tasks = runs[0].heads.tasks
+    splits = read_splits(tasks, data_dir, limit)  # every file read once, before any output
+    members, sources = _members(runs, combine, batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written last: a scores.json is never beside the outputs of another (unfinished) evaluation.
     (out_dir / SCORES_FILE).unlink(missing_ok=True)
@@ -238,27 +277,26 @@ def _evaluate(run_dirs, out_dir, data_dir, which, batch_size, limit, progress,
     dev_outputs, dev_predictions, gold, dev_files, written = {}, {}, {}, {}, []
     dev_ids, left_out = {}, {}
     for rows in splits:
-        task = rows.task
+        spec, task = rows.task, rows.task.name
         outputs = [_predict_split(m, rows, progress, f"eval {task} {rows.path.name}"
                                   + (f" [{k + 1}/{len(members)}]" if len(members) > 1 else ""))
                    for k, m in enumerate(members)]
-        outputs = combine_outputs(task, outputs) if len(outputs) > 1 else outputs[0]
+        outputs = combine_outputs(spec, outputs) if len(outputs) > 1 else outputs[0]
         path = out_dir / rows.output_name
-        write_predictions(path, task, list(rows.ds["id"]), to_predictions(task, outputs))
+        write_predictions(path, spec, list(rows.ds["id"]), to_predictions(spec, outputs))
         written.append(path)
         if rows.left_out:
             print(rows.describe(), file=sys.stderr)
             left_out[rows.output_name] = [{"line": line, "id": ex_id}
                                           for line, ex_id in rows.left_out]
         if rows.split == "dev":
-            gold[task] = np.asarray(list(rows.ds["label"]),
-                                    np.float32 if task == "sts" else np.int32)
+            gold[task] = np.asarray(list(rows.ds["label"]), label_dtype(spec))
             dev_ids[task] = list(rows.ds["id"])
             dev_outputs[task] = outputs
-            dev_predictions[task] = to_predictions(task, outputs)
+            dev_predictions[task] = to_predictions(spec, outputs)
             dev_files[task] = {"path": str(rows.path.resolve()), "sha256": _sha256(rows.path)}
-    scores = metrics.dev_scores(dev_predictions, gold)
-    written += write_eval_plots(out_dir, dev_outputs, gold)
+    scores = metrics.dev_scores(dev_predictions, gold, tasks)
+    written += write_eval_plots(out_dir, dev_outputs, gold, tasks)
     if dev_outputs:
         np.savez(out_dir / DEV_OUTPUTS_FILE, **{
             **dev_outputs, **{f"{t}_ids": np.asarray(dev_ids[t], dtype=str)
@@ -325,7 +363,8 @@ def main(argv=None) -> int:
                    f"{scores['which']} checkpoints)")
     else:
         heading = f"dev scores ({scores['which']} checkpoint, step {scores['checkpoint_step']})"
-    print(closing_block(written, {k: scores[k] for k in SCORE_KEYS if k in scores}, heading))
+    print(closing_block(written, {k: v for k, v in scores.items()
+                                  if k.endswith(("_acc", "_r")) or k == "overall"}, heading))
     return 0
 
 
