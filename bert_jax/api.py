@@ -6,9 +6,11 @@
     p = model.paraphrase(["how do i learn python?"], ["what is the best way to learn python?"])
     s = model.similarity(["a man plays guitar"], ["a man is playing a guitar"])  # 0..5 scale
     e = model.embed(["any sentence"])                           # float32 [1, hidden]
+    values, probs = model.predict("sick", a, b)   # any task of the model (`model.tasks`)
 
 Texts are lowercased and stripped (as the data loader does), each sentence is tokenized on its
-own and truncated to `max_length` tokens, then run in fixed-size batches padded to a few fixed
+own (a cross-encoded pair's two together, `[CLS] a [SEP] b [SEP]` with token types 0/1) and
+truncated to `max_length` tokens, then run in fixed-size batches padded to a few fixed
 lengths (`buckets`), so a handful of shapes compile once per model and are reused for any number
 of inputs. Outputs come back in input order.
 
@@ -32,10 +34,11 @@ from bert_jax.config import BertConfig
 from bert_jax.errors import ConfigError
 from bert_jax.exported import is_export, load_export
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
-from bert_jax.inference import predict_task
+from bert_jax.inference import predict_task, to_predictions
 from bert_jax.model import check_runtime
 from bert_jax.pretrained import load_pretrained
 from bert_jax.task_data import TaskData
+from bert_jax.tasks import Task
 from bert_jax.tokenizer import Tokenizer, pad_ids
 
 # Padded lengths a call may compile for (those <= max_length, and max_length itself).
@@ -157,42 +160,93 @@ class MultitaskModel:
     def _ids(self, texts: list[str]) -> list[np.ndarray]:
         return self.tokenizer.encode_ids([t.lower().strip() for t in texts], self.max_length)
 
-    def task_data(self, task: str, texts, texts2=None) -> TaskData:
-        """Unlabeled `TaskData` of `task` for the given sentences (pairs for "para"/"sts")."""
-        a = _as_texts(texts, "texts" if texts2 is None else "a")
-        b = None
-        if task == "sst":
-            if texts2 is not None:
-                raise ValueError("sst takes single sentences, not pairs")
-        else:
-            if texts2 is None:
-                raise ValueError(f"{task} needs two lists of sentences (a, b)")
-            b = _as_texts(texts2, "b")
-            if len(a) != len(b):
-                raise ValueError(f"{task}: {len(a)} first sentences but {len(b)} second "
-                                 "sentences; pass two lists of the same length")
-        return TaskData(task=task, ids1=self._ids(a), ids2=None if b is None else self._ids(b),
-                        labels=None, example_ids=[str(i) for i in range(len(a))])
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The model's task definitions: the built-ins (with its heads), then a run's own."""
+        return self.heads.tasks
 
-    def outputs(self, task: str, data: TaskData) -> np.ndarray:
-        """Raw head outputs for every example of `data` in order: SST logits float32 [n, 5],
-        paraphrase logits [n], STS scores [n]."""
+    def task(self, name: str | Task) -> Task:
+        """The definition of the model's task `name`; ConfigError naming the model's tasks
+        for a name it has no head for."""
+        if isinstance(name, Task):
+            name = name.name
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise ConfigError(f"unknown task {name!r}: this model ({self.source or 'in memory'}) "
+                          f"has the tasks {', '.join(self.heads.names)}")
+
+    def task_data(self, task: str | Task, texts, texts2=None) -> TaskData:
+        """Unlabeled `TaskData` of the model's task `task` for the given sentences (one list
+        for a single-sentence task, two of the same length for a pair task; a cross-encoded
+        pair becomes one joint sequence with its token types)."""
+        spec = self.task(task)
+        a = _as_texts(texts, "texts" if texts2 is None else "a")
+        if not spec.is_pair:
+            if texts2 is not None:
+                raise ValueError(f"{spec.name} takes single sentences, not pairs")
+            return TaskData(task=spec.name, spec=spec, ids1=self._ids(a), ids2=None,
+                            labels=None, example_ids=[str(i) for i in range(len(a))])
+        if texts2 is None:
+            raise ValueError(f"{spec.name} needs two lists of sentences (a, b)")
+        b = _as_texts(texts2, "b")
+        if len(a) != len(b):
+            raise ValueError(f"{spec.name}: {len(a)} first sentences but {len(b)} second "
+                             "sentences; pass two lists of the same length")
+        ids = [str(i) for i in range(len(a))]
+        if spec.encoding == "cross":
+            pairs = self.tokenizer.encode_pair_ids([t.lower().strip() for t in a],
+                                                   [t.lower().strip() for t in b],
+                                                   self.max_length) if a else []
+            return TaskData(task=spec.name, spec=spec, ids1=[p for p, _ in pairs], ids2=None,
+                            labels=None, example_ids=ids,
+                            first=np.asarray([f for _, f in pairs], np.int32))
+        return TaskData(task=spec.name, spec=spec, ids1=self._ids(a), ids2=self._ids(b),
+                        labels=None, example_ids=ids)
+
+    def outputs(self, task: str | Task, data: TaskData) -> np.ndarray:
+        """Raw head outputs for every example of `data` in order: logits float32 [n, K] (K > 2
+        classes), one logit [n] (two classes) or scores [n]; SST logits [n, 5], paraphrase
+        logits [n], STS scores [n]."""
+        spec = self.task(task)
         if len(data) == 0:
-            return np.zeros((0, 5) if task == "sst" else (0,), np.float32)
-        return predict_task(self._predict, self.params, data, task, self.batch_size,
+            return np.zeros((0, spec.num_outputs) if spec.num_outputs > 1 else (0,), np.float32)
+        return predict_task(self._predict, self.params, data, spec, self.batch_size,
                             self.buckets, pad_id=self.tokenizer.pad_id)
 
-    def raw_outputs(self, task: str, texts, texts2=None) -> np.ndarray:
-        """`outputs` for sentences: `task` "sst" (texts), or "para"/"sts" (texts, texts2)."""
+    def raw_outputs(self, task: str | Task, texts, texts2=None) -> np.ndarray:
+        """`outputs` for sentences: (texts) for a single-sentence task, (texts, texts2) for a
+        pair task."""
         return self.outputs(task, self.task_data(task, texts, texts2))
 
     # ---------------------------------------------------------------------------------- API
 
+    def predict(self, task: str | Task, texts, texts_pair=None):
+        """Predictions of any task of the model (`tasks`): `texts` for a single-sentence task,
+        `texts` and `texts_pair` for a pair task.
+
+        Classification: (label values [n], as the task's `classes` (int64 for the built-ins,
+        str for string classes), probabilities float32 [n, K] in class order (the softmax of
+        K > 2 logits; [1 - p, p] with p = sigmoid(logit) for two classes)). Regression: the
+        scores, float32 [n]. A name the model has no task of raises ConfigError naming its
+        tasks.
+        """
+        spec = self.task(task)
+        outputs = self.raw_outputs(spec, texts, texts_pair)
+        if not spec.is_classification:
+            return outputs.astype(np.float32)
+        if spec.num_outputs > 1:
+            probs = _softmax(outputs)
+        else:
+            p = _sigmoid(outputs)
+            probs = np.stack([1 - p, p], axis=-1).reshape(len(p), 2)
+        return np.asarray(spec.classes)[to_predictions(spec, outputs)], probs
+
     def sentiment(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """SST-5 sentiment: (labels int64 [n] in 0..4 (very negative .. very positive),
         probabilities float32 [n, 5])."""
-        logits = self.raw_outputs("sst", texts)
-        return logits.argmax(-1).astype(np.int64), _softmax(logits)
+        labels, probs = self.predict("sst", texts)
+        return labels.astype(np.int64), probs
 
     def paraphrase(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """Probability that a[i] and b[i] are paraphrases: float32 [n] (> 0.5: predicted 1)."""

@@ -22,10 +22,12 @@ default's name (`all-MiniLM-L6-v2`). OUT then holds:
   normalise their embeddings (the upstream all-MiniLM-L6-v2 does; cosine similarities are the
   same either way). `max_seq_length` is the run's training `max_length` (else 128, as
   `MultitaskModel`), or `--max-length`.
-* From a run (or an export of one), the task heads beside them: `heads.safetensors` (every head
-  Dense layer as PyTorch `nn.Linear` tensors, `sst_classifier.weight` [5, hidden] ...) and
-  `heads_config.json` (the `HeadConfig`, the training `max_length` and the heads' formulas).
-  `bert_jax.MultitaskModel.load(OUT)` reads such a folder back (`bert_jax.exported`).
+* From a run (or an export of one), the task heads beside them, the built-ins' and the run's
+  own tasks' alike: `heads.safetensors` (every head Dense layer as PyTorch `nn.Linear`
+  tensors, `sst_classifier.weight` [5, hidden], `<task>_classifier.weight` ...) and
+  `heads_config.json` (the `HeadConfig` with the run's task definitions, the training
+  `max_length` and each head's formula). `bert_jax.MultitaskModel.load(OUT)` reads such a
+  folder back (`bert_jax.exported`), every task's head with it.
 * `export.json`: where it came from. `--overwrite` replaces only a folder holding one (an
   earlier export) or an empty folder, and never SRC, a folder holding SRC or lying inside it, or
   the current folder.
@@ -57,7 +59,9 @@ from bert_jax.embedded import DEFAULT_MODEL, embedded_model_dir, is_default_name
 from bert_jax.errors import BertJaxError, ExportError, MissingFileError
 from bert_jax.exported import (EXPORT_INFO, EXPORTED, HEADS_CONFIG, HEADS_WEIGHTS, ModelFiles,
                                encoder_state_dict, heads_state_dict, is_export, load_export)
+from bert_jax.heads import head_layer_names
 from bert_jax.pretrained import load_pretrained
+from bert_jax.tasks import Task
 from bert_jax.tokenizer import Tokenizer
 
 FORMATS = ("hf", "sentence-transformers")
@@ -79,20 +83,45 @@ def hf_config(config: BertConfig) -> dict[str, Any]:
             "position_embedding_type": "absolute"}
 
 
+def _formula(task: Task) -> str:
+    """How `task`'s head turns embeddings into its outputs, in words and torch terms."""
+    layers = head_layer_names(task)
+    x = {"cross": "w", "concat": f"relu({task.name}_hidden(cat([|u - v|, u * v])))"}.get(
+        task.head, "u - v" if len(task.sides) == 2 else "u")
+    value = (f"{task.range[1]:g} * cos(u, v)" if task.head == "cosine" else
+             f"{layers[-1]}({x})")
+    if not task.is_classification:
+        low, high = task.range
+        return f"{value}: {task.label} on the {low:g}..{high:g} scale"
+    classes = ", ".join(str(c) for c in task.classes)
+    if task.num_outputs > 1:
+        return f"{value}: {task.num_outputs} logits, one per class in order ({classes})"
+    return (f"{value}: 1 logit (sigmoid > 0.5: {task.classes[1]}, else {task.classes[0]})")
+
+
 def head_formulas(heads) -> dict[str, str]:
-    """How each head turns sentence embeddings u, v into outputs (for heads_config.json)."""
+    """How each task's head turns sequence embeddings into outputs (for heads_config.json):
+    one entry per task of `heads.tasks`, and what u, v and w are."""
     embed = ("pooler_output of BertModel (dense + tanh over the [CLS] state)"
              if heads.pooling == "cls" else
              "mean of BertModel's last_hidden_state over the attention_mask")
-    para = ("para_classifier(u - v)" if heads.para_head == "diff" else
-            "para_classifier(relu(para_hidden(cat([|u - v|, u * v]))))")
-    sts = "5 * cos(u, v)" if heads.sts_head == "cosine" else "sts_regressor(u - v)"
-    return {"u, v": f"sentence embeddings: {embed}; single sentences, token_type_ids 0",
-            "sst": "sst_classifier(u): 5 logits (very negative .. very positive)",
-            "para": f"{para}: 1 logit (sigmoid > 0.5: paraphrase)",
-            "sts": f"{sts}: similarity on the 0..5 scale",
-            "layers": "every name.weight/name.bias pair is a torch.nn.Linear (y = x W^T + b); "
-                      "dropout only in training"}
+    formulas = {"u, v": f"sentence embeddings: {embed}; single sentences, token_type_ids 0"}
+    if any(t.encoding == "cross" for t in heads.tasks):
+        formulas["w"] = (f"the embedding ({embed}) of a cross-encoded pair: one sequence "
+                         "[CLS] a [SEP] b [SEP], token_type_ids 0 to the first [SEP], 1 after it")
+    formulas.update((t.name, _formula(t)) for t in heads.tasks)
+    formulas["layers"] = ("every name.weight/name.bias pair is a torch.nn.Linear "
+                          "(y = x W^T + b); dropout only in training")
+    return formulas
+
+
+def heads_config(heads, max_length: int) -> dict[str, Any]:
+    """heads_config.json: the `HeadConfig` (its own tasks as `Task.to_dict` each), the
+    training `max_length` and the heads' formulas."""
+    values = {f.name: getattr(heads, f.name) for f in dataclasses.fields(heads)}
+    values["extra_tasks"] = [t.to_dict() for t in heads.extra_tasks]
+    return {**values, "tasks": list(heads.names), "max_length": max_length,
+            "formulas": head_formulas(heads)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,10 +275,9 @@ def export_model(files: ModelFiles, out_dir: str | Path, fmt: str = "hf", *,
             save_file(heads_state_dict(files.head_params), str(tmp / HEADS_WEIGHTS),
                       metadata={"format": "pt"})
             shutil.copymode(tmp / "config.json", tmp / HEADS_WEIGHTS)
-            _write_json(tmp / HEADS_CONFIG, {**dataclasses.asdict(files.heads),
-                                             "max_length": max_length,
-                                             "formulas": head_formulas(files.heads)})
-            parts.append(f"task heads ({HEADS_WEIGHTS}, {HEADS_CONFIG})")
+            _write_json(tmp / HEADS_CONFIG, heads_config(files.heads, max_length))
+            parts.append(f"task heads of {', '.join(files.heads.names)} ({HEADS_WEIGHTS}, "
+                         f"{HEADS_CONFIG})")
         _write_json(tmp / EXPORT_INFO, {"format": fmt, **files.info,
                                         "bert_jax_version": __version__})
     return f"wrote {out}: " + "; ".join(parts)

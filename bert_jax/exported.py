@@ -2,9 +2,11 @@
 encoder and task-head parameters, and reading it back (`load_export`, for `MultitaskModel.load`).
 
 Beside a transformers `BertModel` folder (`config.json`, `model.safetensors`, `vocab.txt`, ...),
-an export of a training run holds `heads.safetensors` (every head Dense layer as PyTorch
-`nn.Linear` tensors) and `heads_config.json` (the `HeadConfig` and the training `max_length`);
-every export holds `export.json` (provenance), by which it is recognised (`is_export`).
+an export of a training run holds `heads.safetensors` (every head Dense layer of every task as
+PyTorch `nn.Linear` tensors) and `heads_config.json` (the `HeadConfig`: pooling, the built-in
+heads, the run's own task definitions as `extra_tasks` (`Task.to_dict` each; absent from exports
+written before tasks were data: none), and the training `max_length`); every export holds
+`export.json` (provenance), by which it is recognised (`is_export`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from bert_jax.config import BertConfig, check_vocab
 from bert_jax.converted import OutputKind, convert_checkpoint
 from bert_jax.errors import ConversionError, ExportError
 from bert_jax.heads import HeadConfig, init_multitask_params
+from bert_jax.tasks import Task
 from bert_jax.weight_names import LEAVES, rename_table
 
 HEADS_WEIGHTS, HEADS_CONFIG, EXPORT_INFO = "heads.safetensors", "heads_config.json", "export.json"
@@ -94,7 +97,8 @@ def heads_state_dict(head_params: dict) -> dict[str, np.ndarray]:
 
 
 def heads_from_state_dict(state: dict[str, np.ndarray]) -> dict:
-    """The inverse of `heads_state_dict`."""
+    """The inverse of `heads_state_dict` (a head layer is one module: "<name>.weight" ->
+    {"<name>": {"kernel"}}, whatever its name holds)."""
     leaves = {torch: (flax, transpose) for flax, (torch, transpose) in _dense_leaves().items()}
     flat = {}
     for key, value in state.items():
@@ -102,7 +106,7 @@ def heads_from_state_dict(state: dict[str, np.ndarray]) -> dict:
         if leaf not in leaves or not module:
             raise ExportError(f"{key}: not a head Linear layer's weight/bias")
         name, transpose = leaves[leaf]
-        flat[tuple(module.split(".")) + (name,)] = np.ascontiguousarray(
+        flat[(module, name)] = np.ascontiguousarray(
             value.T if transpose else value, np.float32)
     return unflatten_dict(flat)
 
@@ -158,9 +162,13 @@ def _read_heads_config(path: Path) -> tuple[HeadConfig, int | None]:
         return ExportError(f"{path}: {why}; the file is damaged: export the run again")
     values = read_json_object(path, damaged)
     try:
+        tasks = values.get("extra_tasks", [])  # none in an export from before tasks as data
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise ValueError(f"extra_tasks {tasks!r} is not a list of task definitions")
         heads = HeadConfig(**{f.name: values[f.name] for f in dataclasses.fields(HeadConfig)
-                              if f.name in values})
-    except (TypeError, ValueError) as err:
+                              if f.name in values and f.name != "extra_tasks"},
+                           extra_tasks=tuple(Task.from_dict(t) for t in tasks))
+    except (TypeError, ValueError) as err:  # TaskError is a ValueError
         raise damaged(str(err)) from None
     max_length = values.get("max_length")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)

@@ -1,6 +1,7 @@
 """`MultitaskModel`: scores as train.evaluate's, order, 0/1/many inputs, embeddings, errors,
-zero-shot STS, and runs trained in bfloat16 / with cuDNN attention predicting in float32 on the
-CPU."""
+zero-shot STS, runs trained in bfloat16 / with cuDNN attention predicting in float32 on the
+CPU, and `predict` for any task (a user's string classes, cross-encoded pairs as
+`BertTokenizerFast(a, b)` encodes them)."""
 from __future__ import annotations
 
 import csv
@@ -14,12 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require
+from scipy.special import expit, softmax
+from user_tasks import MOOD, PAIRS, RELATED, SPAM, TEXTS, user_task_model
 
 from bert_jax import metrics
 from bert_jax.api import MultitaskModel
+from bert_jax.batch_types import PaddedInputs, Sentences
 from bert_jax.config import BertConfig
 from bert_jax.errors import ConfigError
-from bert_jax.heads import HeadConfig
+from bert_jax.heads import HeadConfig, MultitaskBert
 from bert_jax.model import BertModel
 from bert_jax.tokenizer import pad_ids
 from bert_jax.cs224n import TASKS, default_file, load_split
@@ -248,3 +253,86 @@ def test_importing_bert_jax_stays_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "MultitaskModel"
+
+
+# ------------------------------------------------------------------ any task: predict(task, ...)
+
+@pytest.fixture(scope="module")
+def user(tiny_model_dir) -> MultitaskModel:
+    """The built-ins (paraphrase cross-encoded) and three tasks of a user's own; fresh heads."""
+    return user_task_model(tiny_model_dir)
+
+
+def reference_outputs(model: MultitaskModel, task: str, texts, pairs=None, types=True):
+    """A task's head outputs apart from `MultitaskModel`: `transformers.BertTokenizerFast` ids
+    (a cross-encoded pair: `tok(a, b)`'s ids and token types; `types=False` drops those) in one
+    batch padded to the longest, through `MultitaskBert` directly."""
+    transformers = require("transformers")
+    # from the folder: `BertTokenizerFast(vocab_file=...)` gives wrong ids (test_tokenizer)
+    tok = transformers.BertTokenizerFast.from_pretrained(model.tokenizer.vocab_file.parent)
+    enc = tok(list(texts), None if pairs is None else list(pairs), padding="longest",
+              truncation=True, max_length=model.max_length, return_tensors="np")
+    if pairs is not None:
+        assert enc["token_type_ids"].any()  # the second sentence's tokens are of type 1
+    sentences = Sentences(enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32),
+                          enc["token_type_ids"].astype(np.int32) if types else None)
+    out = MultitaskBert(model.config, model.heads).apply(
+        {"params": model.params}, PaddedInputs({task: (sentences,)}))
+    return np.asarray(out[task], np.float64)
+
+
+def test_predict_gives_a_users_class_values_and_probabilities(user):
+    assert [t.name for t in user.tasks] == ["sst", "para", "sts", "mood", "spam", "related"]
+    assert user.task("mood") == MOOD
+    values, probs = user.predict("mood", TEXTS)  # three string classes: a softmax
+    assert values.shape == (len(TEXTS),) and values.dtype.kind == "U"
+    assert probs.shape == (len(TEXTS), 3) and probs.dtype == np.float32
+    logits = reference_outputs(user, "mood", TEXTS)
+    np.testing.assert_allclose(probs, softmax(logits, axis=-1), atol=1e-5)
+    assert values.tolist() == [MOOD.classes[k] for k in logits.argmax(-1)]
+    assert len(set(values.tolist())) >= 2  # classes that vary: a row out of order shows
+    values, probs = user.predict("spam", TEXTS)  # two string classes: [1 - p, p]
+    p = expit(reference_outputs(user, "spam", TEXTS))
+    assert probs.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(probs, np.stack([1 - p, p], -1), atol=1e-5)
+    assert values.tolist() == [SPAM.classes[int(x > 0.5)] for x in p]
+    assert set(values.tolist()) == {"ham", "spam"}
+    labels, probs = user.predict("sst", TEXTS)  # a built-in's classes: 0..4, as sentiment
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, user.sentiment(TEXTS)[0])
+    np.testing.assert_array_equal(probs, user.sentiment(TEXTS)[1])
+
+
+def test_a_cross_encoded_task_reads_the_pair_as_bert_tokenizer_fast_joins_it(user):
+    """The joint `[CLS] a [SEP] b [SEP]` with token types 0/1 (the longest pair truncated
+    longest-first to max_length 32), batched in fours: outputs equal to one padded batch of
+    `BertTokenizerFast(a, b)` through MultitaskBert."""
+    a, b = PAIRS
+    assert RELATED.encoding == "cross" and user.task("para").encoding == "cross"
+    scores = user.predict("related", a, b)
+    assert scores.shape == (len(a),) and scores.dtype == np.float32
+    want = reference_outputs(user, "related", a, b)
+    np.testing.assert_allclose(scores, want, atol=1e-5, rtol=1e-5)
+    assert np.abs(reference_outputs(user, "related", a, b, types=False) - want).max() > 1e-3
+    assert np.std(scores) > 0.1
+    np.testing.assert_allclose(user.paraphrase(a, b), expit(reference_outputs(user, "para", a, b)),
+                               atol=1e-5)
+    np.testing.assert_allclose(user.predict("related", a[:1], b[:1]), scores[:1], atol=1e-5)
+
+
+def test_predict_errors_and_empty_inputs(user, model):
+    with pytest.raises(ConfigError, match=r"unknown task 'nli'.*sst, para, sts, mood, spam, "
+                                          r"related"):
+        user.predict("nli", TEXTS)
+    with pytest.raises(ConfigError, match=r"unknown task 'mood'.*has the tasks sst, para, sts$"):
+        model.predict("mood", TEXTS)
+    with pytest.raises(ValueError, match="mood takes single sentences"):
+        user.predict("mood", TEXTS, TEXTS)
+    with pytest.raises(ValueError, match="related needs two lists"):
+        user.predict("related", TEXTS)
+    with pytest.raises(ValueError, match="related: 2 first sentences but 1 second"):
+        user.predict("related", ["a", "b"], ["c"])
+    values, probs = user.predict("mood", [])
+    assert values.shape == (0,) and probs.shape == (0, 3)
+    assert user.predict("spam", [])[1].shape == (0, 2)
+    assert user.predict("related", [], []).shape == (0,)

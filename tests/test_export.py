@@ -1,7 +1,8 @@
 """`python -m bert_jax.export`: transformers and sentence-transformers load what it writes and give
 this project's embeddings (the embedded default and a trained run); tokenizer ids; the round trip
-through bert_jax.converted; heads read back by MultitaskModel.load; BERT's pooler as a Dense
-module; overwrite refusals and user errors."""
+through bert_jax.converted; heads read back by MultitaskModel.load (every task's: a user's own
+and cross-encoded ones too, as PyTorch computes them; an export from before tasks were data);
+BERT's pooler as a Dense module; overwrite refusals and user errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import require
 from flax import traverse_util
 from safetensors.numpy import load_file
+from user_tasks import MOOD, PAIRS, RELATED, SPAM, TEXTS, export_user_model, user_task_model
 
 torch = require("torch")
 transformers = require("transformers")
@@ -26,6 +29,7 @@ from bert_jax.api import MultitaskModel  # noqa: E402
 from bert_jax.checkpoint_files import read_config  # noqa: E402
 from bert_jax.errors import ExportError  # noqa: E402
 from bert_jax.export import main  # noqa: E402
+from bert_jax.tasks import Task  # noqa: E402
 from bert_jax.tokenizer import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +174,34 @@ def test_run_export_loads_back_with_identical_heads(run_export, run_model):
     a, b = SENTENCES[:2], SENTENCES[2:4]
     np.testing.assert_allclose(model.paraphrase(a, b), run_model.paraphrase(a, b), atol=1e-6)
     np.testing.assert_allclose(model.similarity(a, b), run_model.similarity(a, b), atol=1e-5)
+
+
+def test_an_export_from_before_tasks_were_data_still_loads(run_export, run_model, tmp_path):
+    """heads_config.json as exports wrote it before: the HeadConfig's four fields, no
+    extra_tasks nor tasks."""
+    old = tmp_path / "old"
+    shutil.copytree(run_export, old)
+    values = json.loads((old / "heads_config.json").read_text())
+    assert values["extra_tasks"] == [] and values["tasks"] == ["sst", "para", "sts"]
+    for key in ("extra_tasks", "tasks"):
+        del values[key]
+    (old / "heads_config.json").write_text(json.dumps(values))
+    model = MultitaskModel.load(old)
+    assert model.heads == run_model.heads and model.heads.extra_tasks == ()
+    np.testing.assert_allclose(model.sentiment(SENTENCES)[1], run_model.sentiment(SENTENCES)[1],
+                               atol=1e-6)
+
+
+def test_a_damaged_task_definition_is_one_line(run_export, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(run_export, bad)
+    values = json.loads((bad / "heads_config.json").read_text())
+    values["extra_tasks"] = [{"name": "nli", "kind": "entailment", "text": ["a", "b"],
+                              "label": "y", "classes": ["no", "yes"]}]
+    (bad / "heads_config.json").write_text(json.dumps(values))
+    with pytest.raises(ExportError, match=r"heads_config.json: task 'nli': kind: unknown kind "
+                                          r"'entailment'.*export the run again"):
+        MultitaskModel.load(bad)
 
 
 def test_convert_cli_reads_an_export_back_exactly(run_export, run_model, tmp_path):
@@ -328,3 +360,79 @@ def test_predict_uses_an_exports_trained_heads(run_export, run_model, capsys):
     assert code == 0 and "untrained" not in err, err
     probs = np.array([[float(x) for x in line.split(",")[2:]] for line in out.splitlines()[1:]])
     np.testing.assert_allclose(probs, run_model.sentiment(texts)[1], atol=1e-5)
+
+
+# ------------------------------------------------------------------ every task's head
+
+@pytest.fixture(scope="module")
+def user_model(tiny_model_dir) -> MultitaskModel:
+    """The built-ins (paraphrase cross-encoded) and three tasks of a user's own; fresh heads."""
+    return user_task_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def user_export(user_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "user"
+    line = export_user_model(user_model, out, "sentence-transformers")
+    assert "task heads of sst, para, sts, mood, spam, related" in line
+    return out
+
+
+def task_inputs(task: Task):
+    return (TEXTS,) if not task.is_pair else PAIRS
+
+
+def test_every_tasks_head_is_exported_and_loads_back(user_export, user_model):
+    heads = load_file(user_export / "heads.safetensors")
+    hidden = user_model.config.hidden_size
+    assert {k: v.shape for k, v in heads.items() if k.endswith(".weight")} == {
+        "sst_classifier.weight": (5, hidden), "para_classifier.weight": (1, hidden),
+        "mood_classifier.weight": (3, hidden), "spam_classifier.weight": (1, hidden),
+        "related_regressor.weight": (1, hidden)}  # cross para: no para_hidden; cosine sts: none
+    config = json.loads((user_export / "heads_config.json").read_text())
+    assert [Task.from_dict(t) for t in config["extra_tasks"]] == [MOOD, SPAM, RELATED]
+    assert config["tasks"] == ["sst", "para", "sts", "mood", "spam", "related"]
+    formulas = config["formulas"]
+    assert formulas["mood"] == ("mood_classifier(u): 3 logits, one per class in order (sad, meh, "
+                                "happy)")
+    assert formulas["spam"] == "spam_classifier(u): 1 logit (sigmoid > 0.5: spam, else ham)"
+    assert formulas["related"] == "related_regressor(w): score on the 1..5 scale"
+    assert formulas["para"].startswith("para_classifier(w): 1 logit")
+    assert formulas["sts"] == "5 * cos(u, v): similarity on the 0..5 scale"
+    assert "[CLS] a [SEP] b [SEP]" in formulas["w"]
+    model = MultitaskModel.load(user_export)
+    assert model.heads == user_model.heads and model.max_length == user_model.max_length
+    assert_same_tree(model.params, jax.device_get(user_model.params))
+    for task in user_model.tasks:
+        got, want = model.predict(task.name, *task_inputs(task)), user_model.predict(
+            task.name, *task_inputs(task))
+        for g, w in zip(*((got, want) if task.is_classification else ((got,), (want,)))):
+            if w.dtype.kind == "f":
+                np.testing.assert_allclose(g, w, atol=1e-6, err_msg=task.name)
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=task.name)
+
+
+def test_exported_user_heads_compute_as_in_pytorch(user_export, user_model):
+    """transformers and sentence-transformers load the export; its heads, as torch.nn.Linear
+    layers on the mean-pooled BertModel outputs of AutoTokenizer's ids (a cross-encoded pair:
+    `tok(a, b)`), give the model's outputs."""
+    st = SentenceTransformer(str(user_export), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS), user_model.embed(TEXTS), atol=1e-5, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(user_export)
+    bert = transformers.AutoModel.from_pretrained(user_export).eval()
+    state = {k: torch.from_numpy(v) for k, v in load_file(user_export / "heads.safetensors").items()}
+
+    def head(name: str, *texts):
+        batch = tok(*texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        linear = torch.nn.Linear(*state[f"{name}.weight"].shape[::-1])
+        linear.load_state_dict({"weight": state[f"{name}.weight"], "bias": state[f"{name}.bias"]})
+        with torch.no_grad():
+            hidden = bert(**batch).last_hidden_state
+            mask = batch["attention_mask"][..., None].float()
+            return linear((hidden * mask).sum(1) / mask.sum(1)).numpy()
+
+    np.testing.assert_allclose(head("mood_classifier", TEXTS),
+                               user_model.raw_outputs("mood", TEXTS), atol=1e-4)
+    np.testing.assert_allclose(head("related_regressor", *PAIRS)[:, 0],
+                               user_model.predict("related", *PAIRS), atol=1e-4)

@@ -1,4 +1,5 @@
-"""`python -m bert_jax.predict`: CS224N files, plain lines, stdin, --output, errors."""
+"""`python -m bert_jax.predict`: CS224N files, plain lines, stdin, --output, errors, and any task
+of the run (a user's string classes, a cross-encoded pair, an unknown name)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from user_tasks import PAIRS, TEXTS, export_user_model, user_task_model
 
 from bert_jax.api import MultitaskModel
 from bert_jax.predict import main
@@ -106,7 +108,8 @@ def test_stdin_subprocess_and_help(tiny_run):
     done = subprocess.run([sys.executable, "-m", "bert_jax.predict", "--help"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0
-    for word in ("--task", "--input", "--output", "plain lines", "stdin"):
+    for word in ("--task", "--input", "--output", "plain lines", "stdin", "any task of the run",
+                 "--tasks-file"):
         assert word in done.stdout
 
 
@@ -299,3 +302,82 @@ def test_a_row_over_the_csv_field_limit_is_a_row_not_the_file(tiny_run, tmp_path
     code, out, err = run([tiny_run, "--task", "sst", "--input", src], capsys)
     assert code == 0, err
     assert [r[0] for r in rows(out)] == ["line", "1", "2"]
+
+
+# ------------------------------------------------------------------ any task of the run
+
+@pytest.fixture(scope="module")
+def user_model(tiny_model_dir) -> MultitaskModel:
+    """The built-ins (paraphrase cross-encoded) and three tasks of a user's own; fresh heads."""
+    return user_task_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def user_export(user_model, tmp_path_factory) -> Path:
+    """`user_model` exported: a folder `bert_jax.predict` reads as a run's."""
+    out = tmp_path_factory.mktemp("user_export") / "export"
+    export_user_model(user_model, out)
+    return out
+
+
+def test_a_users_classification_task(user_export, user_model, tmp_path, capsys):
+    """Three string classes: the class and a p_<class> column per class; a table of the task's
+    own columns, numbered by line (the task has no id column), or plain lines."""
+    values, probs = user_model.predict("mood", TEXTS)
+    assert len(set(values.tolist())) >= 2
+    src = tmp_path / "reviews.csv"
+    src.write_text("stars,review\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)))
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("\n".join(TEXTS) + "\n")
+    for path, ids in ((src, range(2, len(TEXTS) + 2)), (lines, range(1, len(TEXTS) + 1))):
+        code, out, err = run([user_export, "--task", "mood", "--input", path], capsys)
+        assert code == 0, err
+        table = rows(out)
+        assert table[0] == ["line", "prediction", "p_sad", "p_meh", "p_happy"]
+        assert [r[0] for r in table[1:]] == [str(i) for i in ids]
+        assert [r[1] for r in table[1:]] == values.tolist()
+        np.testing.assert_allclose([[float(x) for x in r[2:]] for r in table[1:]], probs,
+                                   atol=1e-5)
+    code, out, _ = run([user_export, "--task", "spam", "--input", lines], capsys)
+    values, probs = user_model.predict("spam", TEXTS)
+    table = rows(out)
+    assert code == 0 and table[0] == ["line", "prediction", "probability"]
+    assert [r[1] for r in table[1:]] == values.tolist() and set(values.tolist()) == {"ham", "spam"}
+    np.testing.assert_allclose([float(r[2]) for r in table[1:]], probs[:, 1], atol=1e-5)
+
+
+def test_a_cross_encoded_pair_task_and_the_cross_encoded_paraphrase(user_export, user_model,
+                                                                     tmp_path, capsys):
+    a, b = PAIRS
+    src = tmp_path / "pairs.tsv"
+    src.write_text("id\tleft\tright\tscore\n"
+                   + "".join(f"p{i}\t{x}\t{y}\t1.0\n" for i, (x, y) in enumerate(zip(a, b))))
+    code, out, err = run([user_export, "--task", "related", "--input", src], capsys)
+    assert code == 0, err
+    table = rows(out)
+    assert table[0] == ["id", "prediction"] and [r[0] for r in table[1:]] == [
+        f"p{i}" for i in range(len(a))]
+    scores = user_model.predict("related", a, b)
+    assert np.std(scores) > 0.1
+    np.testing.assert_allclose([float(r[1]) for r in table[1:]], scores, atol=1e-5)
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("".join(f"{x}\t{y}\n" for x, y in zip(a, b)))
+    code, out, err = run([user_export, "--task", "para", "--input", lines], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose([float(r[2]) for r in rows(out)[1:]],
+                               user_model.paraphrase(a, b), atol=1e-5)
+
+
+@pytest.mark.parametrize("task, text, message", [
+    ("nli", "a\tb\n", "error: --task nli: {ckpt} has no such task; its tasks are sst, para, "
+     "sts, mood, spam, related"),
+    ("related", "left\tright\na\tb\n", "the header has no column id (task 'related' needs id, "
+     "left, right; the header has 'left', 'right'). Use the data file of this task"),
+    ("related", "only one sentence\n", "line 1: 1 tab-separated field; task 'related' takes two"),
+])
+def test_a_task_the_run_lacks_or_an_input_it_cannot_read(task, text, message, user_export,
+                                                        tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text(text)
+    code, out, err = run([user_export, "--task", task, "--input", src], capsys)
+    assert code == 2 and out == "" and message.format(ckpt=user_export) in err
