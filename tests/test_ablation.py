@@ -93,3 +93,39 @@ def test_a_preset_stopped_part_way_continues_from_its_checkpoint(tmp_path, train
                           "--data-dir", str(data_dir)]) == 0
     assert [(out.name, kw["resume"]) for out, kw in trainings] == [
         ("baseline-seed11711", True), ("cosine-seed11711", False)]
+
+
+def test_a_users_tasks_train_beside_every_preset_and_are_columns(tmp_path, capsys, monkeypatch,
+                                                                 data_dir):
+    """--tasks-file reaches every training, names the runs' keys, and each run's own scores
+    (`mood_acc`) are recorded and tabulated; a row without them shows `-`."""
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("id,review,mood\n1,good,happy\n2,bad,sad\n")
+    tasks_file = tmp_path / "mine.toml"
+    tasks_file.write_text('[mood]\nkind = "classification"\ntrain = "reviews.csv"\n'
+                          'dev = "reviews.csv"\ntext = ["review"]\nlabel = "mood"\n'
+                          'classes = ["sad", "happy"]\n')
+    calls = []
+
+    def fake_train(cfg, out, files, **kwargs):
+        calls.append((out.name, kwargs["tasks"]))
+        out.mkdir(parents=True, exist_ok=True)
+        return {"sst_acc": 0.3, "para_acc": 0.6, "sts_r": 0.1, "mood_acc": 0.75,
+                "overall": 0.5, "steps": 4}
+    monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
+    root = tmp_path / "abl"
+    root.mkdir()
+    (root / "results.jsonl").write_text(json.dumps(RECORD) + "\n")
+    assert ablation.main(["--out", str(root), "--presets", "cosine", "--data-dir",
+                          str(data_dir), "--tasks-file", str(tasks_file)]) == 0
+    assert calls == [("cosine-tasks=mine-seed11711", str(tasks_file))]
+    record = json.loads((root / "results.jsonl").read_text().splitlines()[-1])
+    assert record["mood_acc"] == 0.75 and "steps" not in record
+    table = capsys.readouterr().out
+    assert "| SST acc | para acc | STS r | mood_acc | overall | wall | seed |" in table
+    assert "| 0.300 | 0.600 | 0.100 | - | 0.480 |" in table  # the earlier run: no mood
+    assert "| 0.300 | 0.600 | 0.100 | 0.750 | 0.500 |" in table
+    tasks_file.write_text('[mood]\nkind = "nope"\n')  # a mistake: one line, nothing trained
+    assert ablation.main(["--out", str(root), "--presets", "baseline", "--data-dir",
+                          str(data_dir), "--tasks-file", str(tasks_file)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tasks_file}") and len(calls) == 1

@@ -89,3 +89,28 @@ def test_out_never_replaces_a_file_it_did_not_write(runs, tmp_path, capsys):
     assert main([str(runs[1]), "--out", str(table_file)]) == 0
     assert main([str(runs[0]), "--out", str(notes), "--overwrite"]) == 0
     assert notes.read_text().startswith("| run | seed |")
+
+
+def test_a_runs_own_task_is_a_column_when_every_run_scored_it(tmp_path, capsys):
+    """A user task's score (`nli_acc`) in every run's metrics.jsonl is a column with its mean
+    and spread; a score only one run has (`extra_r`) is left out, and a line says so."""
+    rows = []
+    for seed, (nli, extra) in enumerate(((0.61, 0.3), (0.65, None), (0.70, None)), 1):
+        run = fake_run(tmp_path / f"s{seed}", seed, [(0.4, 0.8, 0.86)])
+        record = json.loads((run / "metrics.jsonl").read_text())
+        scores = {"nli_acc": nli, **({"extra_r": extra} if extra is not None else {})}
+        record = {**{k: v for k, v in record.items() if k != "overall"}, **scores,
+                  "overall": record["overall"], "best": True}
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        rows.append(run)
+    assert main([str(r) for r in rows]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0] == "| run | seed | epoch | SST acc | para acc | STS r | nli_acc | overall |"
+    assert lines[2].endswith("| 0.400 | 0.800 | 0.860 | 0.610 | 0.710 |")  # fake_run's overall
+    nli = [0.61, 0.65, 0.70]
+    assert f"| {statistics.mean(nli):.3f} ± {statistics.stdev(nli):.3f} |" in lines[-1]
+    assert f"note: extra_r left out: only {rows[0]} scored it" in err
+    assert "nli_acc 0.653" in err  # the closing block's mean
+    assert main([str(rows[0]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["extra_r"] == 0.3

@@ -62,7 +62,7 @@ def test_compare_reports_a_damaged_metrics_log_in_one_line(tmp_path, capsys):
     assert compare.main([str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {run / 'metrics.jsonl'}: line 2 is not a JSON object (each line is "
-                   "one record the run wrote, with epoch, sst_acc, para_acc, sts_r, overall); "
+                   "one record the run wrote, with epoch, overall); "
                    "delete that line or restore the file from a copy")
 
 

@@ -194,3 +194,17 @@ def test_setup_cell_installs_nothing_locally(tmp_path, monkeypatch):
         monkeypatch.chdir(cwd)
         exec(setup_cell("quickstart.ipynb"), {"__name__": "cell"})
     assert calls == []
+
+
+def test_quickstart_plots_every_task_and_points_to_your_own_tasks():
+    """The plot cell goes over the model's task definitions (not a list of the three names) and
+    hands them to write_eval_plots; the last cell points to the README section on tasks of
+    your own, which exists."""
+    nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
+    source = cell(nb, "write_eval_plots").source
+    assert "for task in model.tasks:" in source and "gold, model.tasks)" in source
+    assert "TASKS" not in source
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## 6. Your own tasks")
+    assert 'README section "Your own tasks"' in " ".join(last.source.split())
+    assert "\n## Your own tasks\n" in (REPO_ROOT / "README.md").read_text()

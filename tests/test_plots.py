@@ -234,3 +234,125 @@ def test_one_evaluation_is_a_marked_point_on_an_axis_from_zero_to_the_runs_end(t
     lines = [ln for ln in ax_dev.get_lines() if ln.get_label() != "best checkpoint"]
     assert len(lines) == 4 and all(ln.get_marker() == "o" for ln in lines)
     assert all(list(ln.get_xdata()) == [record["epoch"]] for ln in lines)
+
+
+# ------------------------------------------------------------------ a user's own tasks
+
+def user_tasks():
+    """A user's classification task with string classes (three, K logits), one with two (one
+    logit) and a regression task on a 1..10 scale."""
+    from bert_jax.tasks import Task
+    mood = Task("mood", "classification", text=("review",), label="mood",
+                classes=("sad", "meh", "happy"))
+    polar = Task("polar", "pair-classification", text=("a", "b"), label="same",
+                 classes=("different", "same"))
+    stars = Task("stars", "regression", text=("review",), label="stars", range=(1.0, 10.0))
+    return mood, polar, stars
+
+
+def test_a_user_tasks_plots_are_a_confusion_matrix_with_its_classes_and_a_scatter(
+        tmp_path, figures):
+    """`<name>_confusion.png` per classification task (ticks: its class values, counts and
+    shares against numpy, two classes from one logit's sign), `<name>_scatter.png` per regression
+    task (its points, the diagonal and the gold axis over its range, r against scipy), each in
+    its task's colour; beside the built-ins' three plots, in the order of the definitions."""
+    from matplotlib.colors import to_rgba
+    from scipy.stats import pearsonr
+    from bert_jax.tasks import builtin_tasks
+    mood, polar, stars = user_tasks()
+    rng = np.random.default_rng(5)
+    n = 120
+    gold = {"sst": rng.integers(0, 5, n), "para": rng.integers(0, 2, n),
+            "sts": rng.uniform(0, 5, n), "mood": rng.integers(0, 3, n),
+            "polar": rng.integers(0, 2, n), "stars": rng.uniform(1, 10, n)}
+    outputs = {"sst": rng.normal(size=(n, 5)), "para": rng.normal(size=n),
+               "sts": rng.uniform(0, 5, n),
+               "mood": rng.normal(size=(n, 3)) + np.eye(3)[gold["mood"]],
+               "polar": rng.normal(size=n) + gold["polar"] - 0.5,
+               "stars": gold["stars"] + rng.normal(size=n) * 3}
+    tasks = builtin_tasks() + (mood, polar, stars)
+    paths = plots.write_eval_plots(tmp_path, outputs, gold, tasks)
+    assert [p.name for p in paths] == ["sst_confusion.png", "para_histograms.png",
+                                       "sts_scatter.png", "mood_confusion.png",
+                                       "polar_confusion.png", "stars_scatter.png"]
+    assert [plots.plot_file(t) for t in tasks] == [p.name for p in paths]
+    assert_eval_figures(dict(zip(("sst", "para", "sts"), figures)), outputs, gold)
+    for path, fig in zip(paths, figures, strict=True):
+        assert_png_of(path, fig)
+    colours = plots.task_colors([t.name for t in tasks])
+    assert len({to_rgba(colours[t.name]) for t in tasks}) == len(tasks)  # six tasks, six colours
+
+    for task, fig, pred in ((mood, figures[3], outputs["mood"].argmax(-1)),
+                            (polar, figures[4], (outputs["polar"] > 0).astype(int))):
+        ax, labels, k = fig.axes[0], gold[task.name], len(task.classes)
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(task.classes)
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(task.classes)
+        counts = np.array([[np.sum((labels == g) & (pred == p)) for p in range(k)]
+                           for g in range(k)])
+        np.testing.assert_allclose(ax.images[0].get_array(), counts / counts.sum(1, keepdims=True))
+        assert [t.get_text() for t in ax.texts] == [str(c) for c in counts.ravel()]
+        assert ax.get_title() == f"{task.name} (accuracy {np.mean(pred == labels):.3f}, n={n})"
+        cmap = ax.images[0].get_cmap()
+        assert cmap.name == plots._CMAPS[colours[task.name]] != "Blues"
+    ax = figures[5].axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(),
+                               np.stack([gold["stars"], outputs["stars"]], 1))
+    assert tuple(ax.collections[0].get_facecolor()[0][:3]) == to_rgba(colours["stars"])[:3]
+    diagonal = ax.get_lines()[0]
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [1.0, 10.0]
+    low, high = ax.get_xlim()
+    assert low < 1.0 and 10.0 < high < 10.5
+    assert min(outputs["stars"]) > ax.get_ylim()[0] and max(outputs["stars"]) < ax.get_ylim()[1]
+    assert ax.get_xlabel() == "gold stars" and ax.get_ylabel() == "predicted stars"
+    r = pearsonr(outputs["stars"], gold["stars"]).statistic
+    assert ax.get_title() == f"stars (Pearson r {r:.3f}, n={n})"
+
+
+def test_eval_plots_refuse_outputs_of_a_task_they_have_no_definition_of(tmp_path):
+    mood, _, _ = user_tasks()
+    outputs, gold = {"mood": np.zeros((4, 3))}, {"mood": np.zeros(4, int)}
+    with pytest.raises(ValueError, match="outputs of mood but no definition.*tasks="):
+        plots.write_eval_plots(tmp_path, outputs, gold)
+    assert not list(tmp_path.iterdir())
+    assert plots.write_eval_plots(tmp_path, outputs, gold, [mood]) == [
+        tmp_path / "mood_confusion.png"]
+    with pytest.raises(ValueError, match="gold labels are not class indices 0..2"):
+        plots.confusion([0, 1], [0, 3], tmp_path / "bad.png", mood.classes)
+
+
+def test_training_curves_draw_every_task_of_the_logs(tmp_path, tiny_model_dir):
+    """A run with its own tasks: each `loss_<task>` and each `<task>_acc` / `<task>_r` of the
+    logs is a line (its loss named as the run's definition says), a task's two lines in one
+    colour, the user's tasks in `EXTRA_COLORS` by the order of the definitions."""
+    import shutil
+    from matplotlib.colors import to_rgba
+    mood, polar, stars = user_tasks()
+    log = [{"step": s, "loss": 4.0 / s, "loss_sst": 1.0 / s, "loss_para": 0.5 / s,
+            "loss_sts": 0.7 / s, "loss_stars": 2.0 / s, "loss_mood": 1.5 / s} for s in (1, 2, 3)]
+    dev = [{"step": s, "epoch": s / 3, "sst_acc": 0.2 * s, "para_acc": 0.5, "sts_r": 0.1 * s,
+            "mood_acc": 0.3 * s, "stars_r": -0.1 * s, "overall": 0.4, "best": s == 3}
+           for s in (1, 2, 3)]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    (tmp_path / "train_config.json").write_text(json.dumps(
+        {"user_tasks": [t.to_dict() for t in (mood, polar, stars)]}))
+    fig = plots.training_curves_figure(tmp_path)
+    ax_loss, ax_dev = fig.axes[:2]
+    losses = {line.get_label(): line for line in ax_loss.get_lines()}
+    scores = {line.get_label(): line for line in ax_dev.get_lines()}
+    for label, key, task, lines in (("mood (cross-entropy)", "loss_mood", "mood", losses),
+                                    ("stars (MSE)", "loss_stars", "stars", losses),
+                                    ("mood accuracy", "mood_acc", "mood", scores),
+                                    ("stars Pearson r", "stars_r", "stars", scores)):
+        records = log if lines is losses else dev
+        x = [r["step"] for r in records] if lines is losses else [r["epoch"] for r in records]
+        np.testing.assert_allclose(lines[label].get_xdata(), x)
+        np.testing.assert_allclose(lines[label].get_ydata(), [r[key] for r in records])
+        colour = plots.EXTRA_COLORS[(mood.name, polar.name, stars.name).index(task)]
+        assert to_rgba(lines[label].get_color()) == to_rgba(colour), label
+    assert "polar" not in " ".join(losses) + " ".join(scores)  # in no log: no line
+    assert_draws_the_logs(fig, tmp_path)  # the built-ins' lines as ever
+    (tmp_path / "train_config.json").unlink()  # no definitions: named by the logs alone
+    labels = [line.get_label() for line in plots.training_curves_figure(tmp_path).axes[0].lines]
+    assert labels[-2:] == ["stars", "mood"]

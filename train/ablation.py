@@ -4,8 +4,11 @@
 runs each preset (skipping those already finished in --out; one stopped part-way continues
 from its checkpoint), appends one JSON line per run to
 `OUT/results.jsonl` (scores, command, wall time, machine), and `--table` prints the markdown table.
-Shortened settings apply to every row alike, so the rows stay comparable. It ends with the
-table (scores to 3 decimals) and the path of every file and run folder written.
+Shortened settings apply to every row alike, so the rows stay comparable; `--tasks-file FILE`
+trains your own tasks (README: Your own tasks) beside every preset's. The table has a column per
+dev score (`<task>_acc` / `<task>_r` of every task, and `overall`; `-` where a run has no such
+score). It ends with the table (scores to 3 decimals) and the path of every file and run folder
+written.
 """
 from __future__ import annotations
 
@@ -24,13 +27,16 @@ from bert_jax.cli import (add_data_dir, nonnegative_int, output_dir, positive_fl
                           seed_int)
 from bert_jax.errors import BertJaxError
 from bert_jax.outputs import check_output_folder
-from bert_jax.plots import read_jsonl
+from bert_jax.plots import read_jsonl, score_keys
+from bert_jax.task_file import read_tasks_file
 from train.config import PRESETS, PRESET_NOTES, TrainConfig
 from train.evaluate import closing_block
 from train.multitask import data_files, train_and_evaluate
 
-# What every line of results.jsonl holds (numbers), as `table` prints them.
-RESULT_KEYS = ("epochs", "sst_acc", "para_acc", "sts_r", "overall", "wall_seconds", "seed")
+# What every line of results.jsonl holds (numbers), beside a score per task (`score_keys`).
+RESULT_KEYS = ("epochs", "overall", "wall_seconds", "seed")
+# The built-ins' column titles; any other score is titled by its key.
+TITLES = {"sst_acc": "SST acc", "para_acc": "para acc", "sts_r": "STS r", "overall": "overall"}
 ORDER = ("baseline", "multi-dataset", "cosine", "mean-pooling", "multitask", "concat",
          "more-epochs")
 
@@ -62,22 +68,33 @@ def parse_overrides(items: list[str]) -> dict:
         name, _, value = item.partition("=")
         if name not in fields:
             raise SystemExit(f"error: --set {item}: no TrainConfig field {name!r}")
+        if name in ("tasks_file", "user_tasks"):
+            raise SystemExit(f"error: --set {item}: pass your own tasks' file as --tasks-file")
         kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
         out[name] = kind.get(str(fields[name]), str)(value)
     return out
 
 
+def table_scores(rows: list[dict]) -> list[str]:
+    """The score columns: every key of `score_keys` any row has, in the order they come
+    (`overall` last)."""
+    keys = dict.fromkeys(k for r in rows for k in score_keys(r) if k != "overall")
+    return list(keys) + ["overall"]
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| preset | what it adds | epochs | SST acc | para acc | STS r | overall | wall | seed |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = table_scores(rows)
+    out = ["| preset | what it adds | epochs | " + " | ".join(TITLES.get(k, k) for k in keys)
+           + " | wall | seed |",
+           "| --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " | ---: | ---: |"]
     for r in rows:
         preset = r.get("preset", r.get("run", "?"))
         note = PRESET_NOTES.get(r.get("base_preset", preset), "")
         if r.get("overrides"):
             note = "settings changed: " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-        out.append(f"| `{preset}` | {note} | {r['epochs']} | "
-                   f"{r['sst_acc']:.3f} | {r['para_acc']:.3f} | {r['sts_r']:.3f} | "
-                   f"{r['overall']:.3f} | {r['wall_seconds'] / 60:.1f} min | {r['seed']} |")
+        scores = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys)
+        out.append(f"| `{preset}` | {note} | {r['epochs']} | {scores} | "
+                   f"{r['wall_seconds'] / 60:.1f} min | {r['seed']} |")
     return "\n".join(out)
 
 
@@ -104,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field for every run (e.g. --set lr=1e-4); "
                              "named in the run's key and the table")
+    parser.add_argument("--tasks-file", default=None, metavar="FILE",
+                        help="TOML file of your own task definitions, trained beside every "
+                             "preset's tasks and part of each run's key (default none)")
     parser.add_argument("--table", action="store_true",
                         help="only print the table of the runs already in --out; train nothing")
     return parser
@@ -121,6 +141,8 @@ def main(argv=None) -> int:
         return 2
     try:
         done = read_jsonl(results, RESULT_KEYS) if results.exists() else []
+        if args.tasks_file and not args.table:
+            read_tasks_file(args.tasks_file)  # its mistakes before anything is written
     except BertJaxError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -137,6 +159,8 @@ def main(argv=None) -> int:
     files = data_files(args.data_dir)
     overrides = parse_overrides(args.set)
     suffix = "".join(f"-{k}={v}" for k, v in overrides.items())
+    if args.tasks_file:
+        suffix += f"-tasks={Path(args.tasks_file).stem}"
     written = []
     for name in names:
         key = f"{name}{suffix}-seed{args.seed}"
@@ -148,7 +172,7 @@ def main(argv=None) -> int:
                         args.limit_eval, args.seed)
         start = time.time()
         summary = train_and_evaluate(cfg, root / key, files, progress=False, save_every=0,
-                                     resume=resume)
+                                     resume=resume, tasks=args.tasks_file)
         written.append(root / key)
         record = {"run": key, "preset": name + suffix, "base_preset": name,
                   "overrides": overrides, "seed": args.seed, "epochs": cfg.epochs,
@@ -156,7 +180,7 @@ def main(argv=None) -> int:
                   "wall_seconds": round(time.time() - start, 1), "machine": machine(),
                   "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                   "data": {f"{t}/{s}": str(p) for (t, s), p in files.items()},
-                  **{k: summary[k] for k in ("sst_acc", "para_acc", "sts_r", "overall")}}
+                  "tasks_file": args.tasks_file, **{k: summary[k] for k in score_keys(summary)}}
         text = results.read_text() if results.exists() else ""
         if text and not text.endswith("\n"):  # a last line cut by a kill: dropped
             results.write_text(text[:text.rfind("\n") + 1])

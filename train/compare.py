@@ -3,8 +3,10 @@
 Each RUN is a folder written by `python -m train.multitask` (its `metrics.jsonl` holds the dev
 scores after every epoch, `train_config.json` the settings). A run is scored at its best epoch by
 overall dev score (the epoch its `best/` checkpoint holds), or at a fixed `--epoch N` for every
-run. Prints one markdown row per run and, for two runs or more, a row of mean ± sample standard
-deviation (ddof 1) per column, e.g. for three seeds of one configuration:
+run. The columns are the dev scores every run has: `<task>_acc` / `<task>_r` of each task (the
+built-ins' and a run's own) and `overall`; a score only some runs have is left out, and a line
+on stderr says which. Prints one markdown row per run and, for two runs or more, a row of mean ±
+sample standard deviation (ddof 1) per column, e.g. for three seeds of one configuration:
 
     python -m train.compare runs/concat-seed1 runs/concat-seed2 runs/concat-seed3
 
@@ -26,10 +28,11 @@ from bert_jax.checkpoints import read_json
 from bert_jax.cli import output_file, positive_int, prog
 from bert_jax.errors import BertJaxError
 from bert_jax.outputs import OutputFile, check_output_file
-from bert_jax.plots import read_jsonl
+from bert_jax.plots import read_jsonl, score_keys
 from train.evaluate import closing_block
 
-SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
+# The built-ins' column titles; any other score is titled by its key (`<task>_acc`, `<task>_r`).
+TITLES = {"sst_acc": "SST acc", "para_acc": "para acc", "sts_r": "STS r", "overall": "overall"}
 # An earlier --out of this tool: its markdown table or its JSON (replaced without --overwrite).
 TABLE = OutputFile("train.compare --out", lambda head: head.startswith(
     ("| run | seed | epoch |", '{\n  "runs": [')))
@@ -41,7 +44,7 @@ def epoch_scores(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise SystemExit(f"error: {path}: no such file; is {run_dir} a run folder of "
                          "`python -m train.multitask` that finished an epoch?")
-    records = read_jsonl(path, ("epoch",) + SCORES)
+    records = read_jsonl(path, ("epoch", "overall"))
     if not records:
         raise SystemExit(f"error: {path}: no dev scores yet (the run has not finished an epoch)")
     return records
@@ -65,20 +68,34 @@ def run_row(run_dir: Path, epoch: int | None) -> dict:
     cfg_path = Path(run_dir) / "train_config.json"
     seed = read_json(cfg_path).get("seed") if cfg_path.exists() else None
     return {"run": str(run_dir), "seed": seed, "epoch": chosen["epoch"],
-            "epochs_scored": len(records), **{k: float(chosen[k]) for k in SCORES}}
+            "epochs_scored": len(records), **{k: float(chosen[k]) for k in score_keys(chosen)}}
+
+
+def shared_scores(rows: list[dict]) -> list[str]:
+    """The score keys every row has, in the first row's order (`overall` last)."""
+    keys = score_keys(rows[0]) if rows else []
+    return [k for k in keys if all(k in r for r in rows)]
+
+
+def unshared_scores(rows: list[dict]) -> dict[str, list[str]]:
+    """{score key: the runs that have it} for the keys only some rows have."""
+    shared = set(shared_scores(rows))
+    keys = dict.fromkeys(k for r in rows for k in score_keys(r) if k not in shared)
+    return {k: [r["run"] for r in rows if k in r] for k in keys}
 
 
 def spread(rows: list[dict]) -> dict:
-    """Per score: (mean, sample standard deviation) over `rows`."""
+    """Per score every row has: (mean, sample standard deviation) over `rows`."""
     return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
-            for k in SCORES}
+            for k in shared_scores(rows)}
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| run | seed | epoch | SST acc | para acc | STS r | overall |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = shared_scores(rows)
+    out = ["| run | seed | epoch | " + " | ".join(TITLES.get(k, k) for k in keys) + " |",
+           "| --- | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |"]
     for r in rows:
-        scores = " | ".join(f"{r[k]:.3f}" for k in SCORES)
+        scores = " | ".join(f"{r[k]:.3f}" for k in keys)
         out.append(f"| `{r['run']}` | {r['seed']} | {r['epoch']:g} of {r['epochs_scored']} | "
                    f"{scores} |")
     if len(rows) > 1:
@@ -128,6 +145,8 @@ def main(argv=None) -> int:
     else:
         text = table(rows)
     print(text)
+    for key, runs in unshared_scores(rows).items():
+        print(f"note: {key} left out: only {', '.join(runs)} scored it", file=sys.stderr)
     written = []
     if args.out:
         out = Path(args.out)
@@ -138,7 +157,7 @@ def main(argv=None) -> int:
         scores = {k: m for k, (m, _) in spread(rows).items()}
         heading = f"mean dev scores over {len(rows)} runs"
     else:
-        scores = {k: rows[0][k] for k in SCORES}
+        scores = {k: rows[0][k] for k in shared_scores(rows)}
         heading = f"dev scores of {rows[0]['run']} (epoch {rows[0]['epoch']:g})"
     print(closing_block(written, scores, heading), file=sys.stderr)
     return 0

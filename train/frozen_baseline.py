@@ -30,14 +30,20 @@ from bert_jax.errors import BertJaxError
 from bert_jax.heads import cosine_similarity
 from bert_jax.inference import predict_task
 from bert_jax.task_data import TaskData
+from bert_jax.tasks import SST, builtin_tasks, overall
 from train.evaluate import closing_block
 
 
 def embed_sentences(model: MultitaskModel, ids: list[np.ndarray]) -> np.ndarray:
-    """Frozen embeddings [n, hidden] of tokenized sentences."""
-    data = TaskData(task="sst", ids1=ids, ids2=None, labels=None,
+    """Frozen embeddings [n, hidden] of tokenized sentences (n unpadded id arrays), batched
+    and bucketed as a single-sentence task's predictions are."""
+    data = TaskData(task=SST.name, spec=SST, ids1=ids, ids2=None, labels=None,
                     example_ids=[str(i) for i in range(len(ids))])
-    return np.asarray(predict_task(model._embed, model.params, data, "sst", model.batch_size,
+
+    def embed(params, inputs):  # (params, PaddedInputs of SST alone) -> {"sst": [B, hidden]}
+        (sentences,) = inputs[SST.name]
+        return {SST.name: model._embed(params, sentences.input_ids, sentences.attention_mask)}
+    return np.asarray(predict_task(embed, model.params, data, SST, model.batch_size,
                                    model.buckets, pad_id=model.tokenizer.pad_id), np.float32)
 
 
@@ -103,8 +109,7 @@ def run(init: str = "all-MiniLM-L6-v2", data_dir: str | None = None, max_length:
     cos = cosine_similarity(jnp.asarray(embed_sentences(model, sts_dev.ids1)),
                             jnp.asarray(embed_sentences(model, sts_dev.ids2)))
     scores["sts_r"] = metrics.pearson(5.0 * np.asarray(cos), sts_dev.labels)
-    scores["overall"] = metrics.overall_score(scores["sst_acc"], scores["para_acc"],
-                                              scores["sts_r"])
+    scores["overall"] = overall(builtin_tasks(), scores)
     return {k: float(v) for k, v in scores.items()}
 
 
