@@ -22,11 +22,11 @@ from bert_jax.errors import BertJaxError
 from bert_jax.tasks import BUILTIN_NAMES, KINDS, Task, TaskError, sha256_file
 
 KEYS = ("kind", "train", "dev", "test", "text", "label", "classes", "range", "encoding", "head",
-        "id", "batch_size", "loss_weight", "delimiter")
+        "id", "batch_size", "loss_weight", "delimiter", "ordinal")
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}  # a file's suffix -> its delimiter
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 OPTIONAL = {"encoding": str, "head": str, "id": str, "delimiter": str, "batch_size": int,
-            "loss_weight": (int, float)}
+            "loss_weight": (int, float), "ordinal": (int, float)}
 EXAMPLE = '[mytask] with kind, train, dev, text, label and classes (or range)'
 
 
@@ -113,8 +113,9 @@ def _read_task(path: Path, name: str, table: dict[str, Any]) -> Task:
         values["range"] = tuple(float(x) for x in low_high)
     values.update({key: _get(bad, table, key, kinds) for key, kinds in OPTIONAL.items()
                    if key in table})
-    if "loss_weight" in values:
-        values["loss_weight"] = float(values["loss_weight"])
+    for key in ("loss_weight", "ordinal"):
+        if key in values:
+            values[key] = float(values[key])
     if len(values.get("delimiter", ",")) != 1:
         bad("delimiter", f"{values['delimiter']!r} is not one character",
             'Give one character, e.g. delimiter = ";"')

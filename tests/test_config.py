@@ -21,7 +21,12 @@ def test_every_setting_has_a_sentence_of_help_and_a_flag():
     for field in dataclasses.fields(TrainConfig):
         text = field.metadata.get("help", "")
         assert len(text.split()) >= 4 and text != field.name.replace("_", " "), field.name
+        if field.metadata.get("cli") is False:  # set by another setting (user_tasks: the file)
+            assert field.name not in flags, field.name
+            continue
         assert field.name in flags and flags[field.name].help.startswith(text), field.name
+    assert [f.name for f in dataclasses.fields(TrainConfig)
+            if f.metadata.get("cli") is False] == ["user_tasks"]
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help and action.help.strip() != action.dest.replace("_", " ")
@@ -58,6 +63,8 @@ def assert_help_states_the_defaults_of(base: TrainConfig, argv: list[str], capsy
         main(argv + ["--help"])
     helps = printed_helps(capsys.readouterr().out)
     for field in dataclasses.fields(TrainConfig):
+        if field.metadata.get("cli") is False:
+            continue
         text = " ".join(field.metadata["help"].split())
         value = shown(getattr(base, field.name))
         want = text if "(default" in text else f"{text} (default {value})"

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.batch_types import TASK_SENTENCES, Batch, PackedInputs
+from bert_jax.batch_types import Batch, PackedInputs
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
 from bert_jax.model import attention_keep
 from bert_jax.packing import assign_rows, pack, rows_needed
+from bert_jax.tasks import builtin_tasks
 from bert_jax.tokenizer import pad_ids
 from train.config import TrainConfig
 
@@ -130,11 +131,12 @@ def test_packed_bfloat16_pass_agrees_with_padded_float32(default_model, tokenize
 def _as_packed(batch: Batch, shards: int, row_length: int) -> Batch:
     """A padded multitask batch repacked per shard, independently of the input pipeline."""
     per_shard = []
-    sizes = tuple((task, len(getattr(batch.labels, task)) // shards) for task in TASK_SENTENCES)
+    sizes = tuple((t.name, len(batch.labels[t.name]) // shards, len(t.sides))
+                  for t in builtin_tasks() if t.name in batch.inputs.tasks)
     for s in range(shards):
         sentences = []
-        for task, n in sizes:
-            for side in getattr(batch.inputs, task):
+        for task, n, _ in sizes:
+            for side in batch.inputs[task]:
                 ids = side.input_ids[s * n:(s + 1) * n]
                 mask = side.attention_mask[s * n:(s + 1) * n]
                 sentences += [row[:m.sum()] for row, m in zip(ids, mask)]
@@ -200,14 +202,14 @@ def test_the_pipeline_packs_the_real_data_with_little_padding(data_dir, tokenize
         for s in range(4):  # device s holds examples s*2 .. s*2+1 of each task, in order
             part = seg[s * shard:(s + 1) * shard]
             expected = [train[t].ids1[j] if k == "1" else train[t].ids2[j]
-                        for t, sides in TASK_SENTENCES.items() for k in sides
+                        for t in cfg.tasks for k in train[t].spec.sides
                         for j in step[t][s * 2:(s + 1) * 2]]
             assert part.max() == len(expected)
             for k, sentence in enumerate(expected, start=1):
                 got = arrays.inputs.input_ids[s * shard:(s + 1) * shard][part == k]
                 np.testing.assert_array_equal(got, sentence)
         for t in cfg.tasks:
-            labels = getattr(arrays.labels, t)
+            labels = arrays.labels[t]
             np.testing.assert_array_equal(labels, train[t].labels[step[t]].astype(labels.dtype))
         packed = make_step_batch(train, step, one_device).arrays.inputs.segment_ids
         # Two processes of two devices each: same shapes, and together the one-process arrays.

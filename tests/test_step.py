@@ -18,6 +18,7 @@ from bert_jax.batch_types import Batch, PaddedInputs, Sentences, TaskLabels
 from bert_jax.checkpoints import CheckpointError, RunCheckpoints
 from bert_jax.config import PRESETS
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
+from bert_jax.tasks import builtin_tasks
 from train.config import TrainConfig
 from train.optimizer import (earlier_layout, group_schedules, learning_rates, make_optimizer,
                              make_schedule, skipped_updates)
@@ -37,25 +38,25 @@ def synthetic_batch(rng: np.random.Generator, batch: int = 8, length: int = 16,
             ids = rng.integers(5, vocab, size=(batch, length)).astype(np.int32)
             mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
             inputs[task].append(Sentences(ids * mask, mask))
-    labels = TaskLabels(sst=rng.integers(0, 5, size=batch).astype(np.int32),
-                        para=rng.integers(0, 2, size=batch).astype(np.int32),
-                        sts=rng.uniform(0, 5, size=batch).astype(np.float32))
-    return Batch(PaddedInputs(**{t: tuple(s) for t, s in inputs.items()}), labels)
+    labels = TaskLabels({"sst": rng.integers(0, 5, size=batch).astype(np.int32),
+                         "para": rng.integers(0, 2, size=batch).astype(np.int32),
+                         "sts": rng.uniform(0, 5, size=batch).astype(np.float32)})
+    return Batch(PaddedInputs({t: tuple(s) for t, s in inputs.items()}), labels)
 
 
 def test_task_losses_match_numpy():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 5)).astype(np.float32)
     para, sts = rng.normal(size=6).astype(np.float32), rng.uniform(-5, 5, 6).astype(np.float32)
-    labels = TaskLabels(sst=rng.integers(0, 5, 6), para=rng.integers(0, 2, 6),
-                        sts=rng.uniform(0, 5, 6).astype(np.float32))
+    labels = TaskLabels({"sst": rng.integers(0, 5, 6), "para": rng.integers(0, 2, 6),
+                         "sts": rng.uniform(0, 5, 6).astype(np.float32)})
     got = task_losses({"sst": jnp.asarray(logits), "para": jnp.asarray(para),
-                       "sts": jnp.asarray(sts)}, labels)
+                       "sts": jnp.asarray(sts)}, labels, builtin_tasks())
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ce = -log_softmax[np.arange(6), labels.sst].mean()
+    ce = -log_softmax[np.arange(6), labels["sst"]].mean()
     p = 1 / (1 + np.exp(-para))
-    bce = -(labels.para * np.log(p) + (1 - labels.para) * np.log(1 - p)).mean()
-    mse = ((sts - labels.sts) ** 2).mean()
+    bce = -(labels["para"] * np.log(p) + (1 - labels["para"]) * np.log(1 - p)).mean()
+    mse = ((sts - labels["sts"]) ** 2).mean()
     np.testing.assert_allclose([got["sst"], got["para"], got["sts"]], [ce, bce, mse], rtol=1e-5)
 
 
@@ -95,7 +96,7 @@ def test_nonfinite_loss_leaves_params_unchanged():
     state, _ = step(state, shard_batch(good, mesh))  # one real update: moments are non-zero
     before = jax.device_get((state.params, state.opt_state.inner_state))
     batch = synthetic_batch(np.random.default_rng(2))
-    batch.labels.sts[0] = np.nan
+    batch.labels["sts"][0] = np.nan
     state, metrics = step(state, shard_batch(batch, mesh))
     assert float(metrics["finite"]) == 0.0
     assert not np.isfinite(float(metrics["loss_sts"]))
@@ -284,7 +285,7 @@ def reference_step(model, tx):
         def loss_fn(p):
             outputs = model.apply({"params": p}, batch.inputs, deterministic=False,
                                   rngs={"dropout": rng})
-            return sum(task_losses(outputs, batch.labels).values())
+            return sum(task_losses(outputs, batch.labels, model.heads.tasks).values())
         loss, grads = jax.value_and_grad(loss_fn)(params)
 
         def update():
@@ -325,7 +326,7 @@ def check_against_reference(exact: bool) -> None:
     for k in range(5):
         batch = synthetic_batch(rng)
         if k == 2:
-            batch.labels.sts[0] = np.nan
+            batch.labels["sts"][0] = np.nan
         state, metrics = step(state, shard_batch(batch, mesh))
         ref_params, ref_state = ref_step(ref_params, ref_state, k, batch)
         jax.tree.map(same, jax.device_get(state.params), jax.device_get(ref_params))
@@ -506,7 +507,7 @@ def test_a_checkpoint_of_the_earlier_optimizer_layout_restores_converted(tmp_pat
     model, params, mesh, tx, step, (ref_tx, _, _), ref_step = _optimizer_pair()
     rng = np.random.default_rng(7)
     batches = [synthetic_batch(rng) for _ in range(5)]
-    batches[1].labels.sts[0] = np.nan  # skipped
+    batches[1].labels["sts"][0] = np.nan  # skipped
     ref_params, ref_state = params, ref_tx.init(params)
     straight = create_state(jax.tree.map(jnp.asarray, params), tx, 0, mesh)
     for k in range(3):
