@@ -294,9 +294,15 @@ def load_split_with_report(path: str | os.PathLike, task: Task | str, *, labeled
             ex_id, sents, label, problem = _parse_row(row, pos, task, labeled, first_line_of,
                                                       line)
         if problem is not None:
-            if not skip_bad_rows:
+            # A user task's label outside its classes or range is a mistake in its definition
+            # as often as in the row: it stops even where bad rows are skipped.
+            label_problem = task.name not in BUILTINS and problem.startswith(f"{task.label} ")
+            if not skip_bad_rows or label_problem:
                 hint = (_NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)"
                         if problem.startswith("bytes") else SKIP_HINT)
+                if label_problem:
+                    hint = (f"Fix the row, or the classes or range of task {task.name!r} in its "
+                            "task file")
                 if task.name not in BUILTINS:
                     problem = f"task {task.name!r}: {problem}"
                 raise data_error(path, line, problem, hint)

@@ -170,6 +170,23 @@ def test_a_bad_label_names_the_file_line_and_task(tmp_path, name, text, task, li
     assert str(info.value).startswith(f"{path}, line {line}: task {task.name!r}: {problem}")
 
 
+def test_a_users_bad_label_stops_even_where_bad_rows_are_skipped(tmp_path):
+    """A label outside a user task's classes or range is as likely a mistake of the definition
+    as of the row: it stops the load with skip_bad_rows too, naming the fix; a row broken
+    otherwise (an empty sentence) is still skipped."""
+    path = _write(tmp_path / "nli.csv", "id,premise,hypothesis,gold\na,b,c,neutral\n"
+                  "d,,f,neutral\ng,h,i,maybe\n")
+    with pytest.raises(DataError) as info:
+        load_split(path, NLI, skip_bad_rows=True)
+    assert str(info.value).startswith(f"{path}, line 4: task 'nli': gold 'maybe'")
+    assert "classes or range of task 'nli'" in str(info.value)
+    path = _write(tmp_path / "ok.csv", "id,premise,hypothesis,gold\na,b,c,neutral\n"
+                  "d,,f,neutral\n")
+    assert load_split(path, NLI, skip_bad_rows=True)["id"] == ["a"]
+    bad_sst = _write(tmp_path / "sst.tsv", "id\tsentence\tsentiment\na\tfine\t3\nb\tno\t9\n")
+    assert load_split(bad_sst, SST, skip_bad_rows=True)["id"] == ["a"]  # built-ins: skipped
+
+
 def test_a_missing_column_is_one_line_naming_the_file_and_columns(tmp_path):
     path = _write(tmp_path / "nli.csv", "id,premise,hypo,gold\na,b,c,neutral\n")
     with pytest.raises(DataError) as info:

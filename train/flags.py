@@ -120,6 +120,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None,
 def changed_settings(cfg: TrainConfig, base: TrainConfig) -> dict:
     """The settings of `cfg` that differ from `base` (the preset or `--config` file)."""
     now, before = cfg.to_dict(), base.to_dict()
+    for d in (now, before):  # a task's name says enough here; train_config.json has the rest
+        d["user_tasks"] = [t["name"] for t in d["user_tasks"]]
     return {k: v for k, v in now.items() if before.get(k) != v}
 
 
