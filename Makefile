@@ -86,7 +86,7 @@ train-full: $(CORE)
 ## slow: whole training runs and resumes, subprocesses, several devices or processes,
 ## notebooks), in two worker processes (timings: README, Development).
 test: $(VENV)/.dev
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -m "not slow" -n 2 $(ARGS)

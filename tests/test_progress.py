@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from train import progress
-from train.progress import RunPace, describe_shape, format_hours, shape_key
+from train.progress import RunPace, describe_shape, format_hours
+from train.step import step_signature
 
 
 @pytest.mark.parametrize("total, per_epoch", [(30, 10), (25, 10), (7, 10), (10, 1)])
@@ -132,5 +133,5 @@ def test_run_pace_with_a_bar_or_on_a_gpu_logs_only_the_estimate(caplog):
 
 def test_shape_names_and_hours():
     assert describe_shape(step_arrays(16, 64)) == "16x64"
-    assert shape_key(step_arrays(16, 64)) != shape_key(step_arrays(16, 128))
+    assert step_signature(step_arrays(16, 64)) != step_signature(step_arrays(16, 128))
     assert [format_hours(s) for s in (40, 600, 9000)] == ["40 s", "10 min", "2.5 h"]

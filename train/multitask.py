@@ -292,8 +292,8 @@ def _loop(run: _Run, loop: _LoopState, board: TensorBoardLog, save_every: int) -
     try:
         with StopSignal() as stop:
             for host_batch, device_batch in prefetch:
-                shapes.add(step_signature(device_batch))  # one compile each
-                pace.before(host_batch.arrays)  # a new shape compiles: said in a plain log
+                shapes.add(signature := step_signature(device_batch))  # one compile each
+                pace.before(host_batch.arrays, signature)  # a new shape: said in a plain log
                 loop.state, metrics = run.train_step(loop.state, device_batch)
                 loop.step += 1
                 step = loop.step

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from train.step import step_signature
+
 
 def evaluations_left(step: int, total_steps: int, per_epoch: int) -> int:
     """Dev evaluations still to come after `step`: one at each epoch end in (step, total_steps],
@@ -122,13 +124,6 @@ def describe_shape(arrays) -> str:
     return ", ".join("x".join(map(str, shape)) for shape in sorted(shapes)) or "scalar"
 
 
-def shape_key(arrays) -> tuple:
-    """What `jax.jit` compiles once per: the tree's structure (static fields included) and the
-    leaves' shapes and dtypes."""
-    leaves, tree = jax.tree.flatten(arrays)
-    return tree, tuple((np.shape(x), np.asarray(x).dtype.str) for x in leaves)
-
-
 def format_hours(seconds: float) -> str:
     """`2.4 h`, `35 min` or `40 s`."""
     if seconds >= 3600:
@@ -162,9 +157,11 @@ class RunPace:
         if self.bar is not None and not self.bar.disabled:
             self.bar.bar.refresh()
 
-    def before(self, arrays) -> None:
-        """Before a step is called on `arrays` (a step batch's host arrays)."""
-        key = shape_key(arrays)
+    def before(self, arrays, signature: tuple | None = None) -> None:
+        """Before a step is called on `arrays` (a step batch's host arrays); `signature`: what
+        the step compiles once per (`train.step.step_signature`, as the loop counts compiles;
+        default: computed from `arrays`)."""
+        key = signature if signature is not None else step_signature(arrays)
         self.began = None
         if key not in self.shapes:
             self.shapes.add(key)
