@@ -116,6 +116,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def user_model(tiny_model_dir):
+    """A `MultitaskModel` of the tiny encoder with the built-ins (paraphrase cross-encoded) and
+    three tasks of a user's own (tests/user_tasks.py); fresh heads."""
+    from user_tasks import user_task_model
+    return user_task_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
     """A finished run folder (preset "concat" on the tiny model): 2 epochs of 2 steps on 16
     training examples per task, dev = the first 16 rows per task, max_length 32. Shared by

@@ -18,7 +18,7 @@ import pytest
 from conftest import require
 from flax import traverse_util
 from safetensors.numpy import load_file
-from user_tasks import MOOD, PAIRS, RELATED, SPAM, TEXTS, export_user_model, user_task_model
+from user_tasks import MOOD, PAIRS, RELATED, SPAM, TEXTS, export_user_model
 
 torch = require("torch")
 transformers = require("transformers")
@@ -363,12 +363,6 @@ def test_predict_uses_an_exports_trained_heads(run_export, run_model, capsys):
 
 
 # ------------------------------------------------------------------ every task's head
-
-@pytest.fixture(scope="module")
-def user_model(tiny_model_dir) -> MultitaskModel:
-    """The built-ins (paraphrase cross-encoded) and three tasks of a user's own; fresh heads."""
-    return user_task_model(tiny_model_dir)
-
 
 @pytest.fixture(scope="module")
 def user_export(user_model, tmp_path_factory) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from user_tasks import PAIRS, TEXTS, export_user_model, user_task_model
+from user_tasks import PAIRS, TEXTS, export_user_model
 
 from bert_jax.api import MultitaskModel
 from bert_jax.predict import main
@@ -305,12 +305,6 @@ def test_a_row_over_the_csv_field_limit_is_a_row_not_the_file(tiny_run, tmp_path
 
 
 # ------------------------------------------------------------------ any task of the run
-
-@pytest.fixture(scope="module")
-def user_model(tiny_model_dir) -> MultitaskModel:
-    """The built-ins (paraphrase cross-encoded) and three tasks of a user's own; fresh heads."""
-    return user_task_model(tiny_model_dir)
-
 
 @pytest.fixture(scope="module")
 def user_export(user_model, tmp_path_factory) -> Path:
