@@ -105,3 +105,31 @@ def test_first_line_says_what_differs_and_the_closing_list_is_the_folder(tiny_ru
     folders = len(on_disk) - files
     assert lines[start] == f"wrote {files} files and {folders} folders:"
     assert {"config.json", "vocab.txt"} <= {p.name for p in on_disk}
+
+
+def test_resume_finds_the_runs_own_tasks_without_the_task_file(tmp_path):
+    """--resume without --tasks-file takes the definitions and the tasks trained from the
+    run's train_config.json; --tasks-file adds its tasks to the preset's when --tasks is not
+    given."""
+    from bert_jax.tasks import Task
+    from train.flags import base_config, build_parser, config_from_args
+    (tmp_path / "mood.csv").write_text("id,text,mood\na,fine,good\nb,poor,bad\n")
+    (tmp_path / "tasks.toml").write_text(
+        '[mood]\nkind = "classification"\ntrain = "mood.csv"\ndev = "mood.csv"\n'
+        'text = "text"\nlabel = "mood"\nclasses = ["bad", "good"]\n')
+
+    def parse(argv):
+        base, name = base_config(argv)
+        return config_from_args(build_parser(base, name).parse_args(argv), base, tmp_path / "run")
+
+    first = parse(["--preset", "concat", "--tasks-file", str(tmp_path / "tasks.toml")])
+    assert first.tasks == ("sst", "para", "sts", "mood")
+    assert [t.name for t in first.user_tasks] == ["mood"]
+    assert isinstance(first.user_tasks[0], Task)
+    assert first.user_tasks[0].file("train") == str(tmp_path / "mood.csv")
+    (tmp_path / "run").mkdir()
+    first.to_json(tmp_path / "run" / "train_config.json")
+    (tmp_path / "tasks.toml").unlink()  # the file is gone: the run's record is enough
+    resumed = parse(["--preset", "concat", "--resume"])
+    assert resumed.user_tasks == first.user_tasks and resumed.tasks == first.tasks
+    assert parse(["--preset", "concat"]).user_tasks == ()  # a new run: no tasks of its own
