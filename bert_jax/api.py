@@ -34,11 +34,11 @@ from bert_jax.config import BertConfig
 from bert_jax.errors import ConfigError
 from bert_jax.exported import is_export, load_export
 from bert_jax.heads import HeadConfig, MultitaskBert, init_multitask_params
-from bert_jax.inference import predict_task, to_predictions
+from bert_jax.inference import class_probabilities, predict_task, to_predictions
 from bert_jax.model import check_runtime
 from bert_jax.pretrained import load_pretrained
 from bert_jax.task_data import TaskData
-from bert_jax.tasks import Task
+from bert_jax.tasks import Task, TaskError
 from bert_jax.tokenizer import Tokenizer, pad_ids
 
 # Padded lengths a call may compile for (those <= max_length, and max_length itself).
@@ -59,16 +59,6 @@ def _as_texts(texts, name: str) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str")
     return texts
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    e = np.exp(x)
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
 class MultitaskModel:
@@ -168,13 +158,11 @@ class MultitaskModel:
     def task(self, name: str | Task) -> Task:
         """The definition of the model's task `name`; ConfigError naming the model's tasks
         for a name it has no head for."""
-        if isinstance(name, Task):
-            name = name.name
-        for task in self.tasks:
-            if task.name == name:
-                return task
-        raise ConfigError(f"unknown task {name!r}: this model ({self.source or 'in memory'}) "
-                          f"has the tasks {', '.join(self.heads.names)}")
+        try:
+            return self.heads.task(name.name if isinstance(name, Task) else name)
+        except TaskError:
+            raise ConfigError(f"unknown task {name!r}: this model ({self.source or 'in memory'}) "
+                              f"has the tasks {', '.join(self.heads.names)}") from None
 
     def task_data(self, task: str | Task, texts, texts2=None) -> TaskData:
         """Unlabeled `TaskData` of the model's task `task` for the given sentences (one list
@@ -235,11 +223,7 @@ class MultitaskModel:
         outputs = self.raw_outputs(spec, texts, texts_pair)
         if not spec.is_classification:
             return outputs.astype(np.float32)
-        if spec.num_outputs > 1:
-            probs = _softmax(outputs)
-        else:
-            p = _sigmoid(outputs)
-            probs = np.stack([1 - p, p], axis=-1).reshape(len(p), 2)
+        probs = class_probabilities(spec, outputs).astype(np.float32)
         return np.asarray(spec.classes)[to_predictions(spec, outputs)], probs
 
     def sentiment(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +234,7 @@ class MultitaskModel:
 
     def paraphrase(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """Probability that a[i] and b[i] are paraphrases: float32 [n] (> 0.5: predicted 1)."""
-        return _sigmoid(self.raw_outputs("para", a, b))
+        return self.predict("para", a, b)[1][:, 1]
 
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """Semantic similarity of a[i] and b[i] as the STS head predicts it (0..5 scale; the

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from bert_jax.batch_types import PackedInputs, PaddedInputs
 from bert_jax.config import BertConfig
 from bert_jax.model import BertModel, mean_pool, segment_mean_pool
-from bert_jax.tasks import PARA_HEADS, STS_HEADS, Task, TaskError, builtin_tasks, check_names
+from bert_jax.tasks import (PARA_HEADS, STS_HEADS, Task, TaskError, builtin_tasks, check_names,
+                            find)
 
 POOLINGS = ("cls", "mean")
 NUM_SENTIMENT_CLASSES = 5
@@ -65,10 +66,8 @@ class HeadConfig:
         return builtin_tasks(self.para_head, self.sts_head) + self.extra_tasks
 
     def task(self, name: str) -> Task:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise KeyError(f"unknown task {name!r}: the model has {', '.join(self.names)}")
+        """The definition of task `name`; TaskError naming the tasks there are."""
+        return find(self.tasks, name)
 
     @property
     def names(self) -> tuple[str, ...]:

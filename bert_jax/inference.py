@@ -59,6 +59,18 @@ def to_predictions(task: Task | str, outputs: np.ndarray) -> np.ndarray:
     return (outputs > 0).astype(np.int64)
 
 
+def class_probabilities(task: Task | str, outputs: np.ndarray) -> np.ndarray:
+    """float64 [n, K] class probabilities of a classification task's head outputs, in class
+    order: the softmax of K > 2 logits, [1 - p, p] with p = sigmoid(logit) for two classes."""
+    task = as_task(task)
+    outputs = np.asarray(outputs, np.float64)
+    if task.num_outputs > 1:
+        z = np.exp(outputs - outputs.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+    p = 1.0 / (1.0 + np.exp(-outputs))
+    return np.stack([1 - p, p], -1).reshape(len(p), 2)
+
+
 def class_values(task: Task | str, predictions: np.ndarray) -> list:
     """Class indices -> the task's label values (as its files write them: `3`, `NEUTRAL`);
     scores as they are."""

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from bert_jax.checkpoints import run_configs
 from bert_jax.errors import BertJaxError, MissingFileError
-from bert_jax.inference import to_predictions
+from bert_jax.inference import class_probabilities, to_predictions
 from bert_jax.metrics import pearson
 from bert_jax.tasks import Task, as_task, builtin_tasks
 
@@ -334,8 +334,7 @@ def task_plot(task: Task, outputs, gold, out_png: str | Path, color: str | None 
     if task.name == "sst":
         return sst_confusion(to_predictions(task, outputs), gold, out_png)
     if task.name == "para":
-        prob = 1.0 / (1.0 + np.exp(-outputs.astype(np.float64)))
-        return para_histograms(prob, gold, out_png)
+        return para_histograms(class_probabilities(task, outputs)[:, 1], gold, out_png)
     if task.name == "sts":
         return sts_scatter(outputs, gold, out_png)
     if task.is_classification:

@@ -45,7 +45,7 @@ from bert_jax.cli import output_file, positive_int, prog
 from bert_jax.cs224n import DataError, iter_records
 from bert_jax.errors import BertJaxError, MissingFileError
 from bert_jax.export import HEADS_CONFIG, is_export
-from bert_jax.inference import class_values, to_predictions
+from bert_jax.inference import class_probabilities, class_values, to_predictions
 from bert_jax.outputs import OutputFile, check_output_file, check_writable_folder
 from bert_jax.pretrained import is_default_name
 from bert_jax.tasks import BUILTINS, Task, as_task
@@ -215,11 +215,9 @@ def write_csv(out, id_name: str, ids: list[str], task: Task | str, outputs: np.n
             writer.writerow([i, f"{float(s):.6f}"])
         return
     values = class_values(task, to_predictions(task, outputs))
-    if task.num_outputs > 1:
-        z = outputs - outputs.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    else:
-        probs = (1.0 / (1.0 + np.exp(-outputs.astype(np.float64))))[:, None]
+    probs = class_probabilities(task, outputs)
+    if task.num_outputs == 1:  # two classes: the second's probability
+        probs = probs[:, 1:]
     for i, value, p in zip(ids, values, probs):
         writer.writerow([i, value] + [f"{x:.6f}" for x in p])
 

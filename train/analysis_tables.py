@@ -24,16 +24,6 @@ def fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def class_probabilities(task: Task, outputs: np.ndarray) -> np.ndarray:
-    """[n, K] class probabilities: the softmax of K > 2 logits, [1 - p, p] for one logit."""
-    outputs = outputs.astype(np.float64)
-    if task.num_outputs > 1:
-        z = np.exp(outputs - outputs.max(-1, keepdims=True))
-        return z / z.sum(-1, keepdims=True)
-    p = 1.0 / (1.0 + np.exp(-outputs))
-    return np.stack([1 - p, p], -1)
-
-
 def ratio(a: int, b: int) -> str:
     return fmt(a / b) if b else "-"
 

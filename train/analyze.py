@@ -33,11 +33,11 @@ from bert_jax.cli import add_data_dir, nonnegative_int, output_file, positive_in
 from bert_jax.cs224n import DataError, find_data_dir, load_split
 from bert_jax.errors import BertJaxError
 from bert_jax.evaluation import progress_bar
-from bert_jax.inference import predict_task, to_predictions
+from bert_jax.inference import class_probabilities, predict_task, to_predictions
 from bert_jax.outputs import OutputFile, check_output_file
 from bert_jax.predict import load_model
 from bert_jax.tasks import BUILTINS, Task, as_task, builtin_tasks
-from train.analysis_tables import (Table, class_probabilities, class_tables, error_bins, fmt,
+from train.analysis_tables import (Table, class_tables, error_bins, fmt,
                                    table_markdown)
 from train.evaluate import DEV_OUTPUTS_FILE, SCORES_FILE, _sha256, closing_block
 
