@@ -14,7 +14,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from bert_jax.errors import BertJaxError
 from bert_jax.json_rows import iter_json_records
@@ -229,23 +229,20 @@ def _row_shape_problem(row: list[str], header: list[str]) -> str | None:
     return None
 
 
-def _parse_row(row: list[str], pos: dict[str, int], task: Task, labeled: bool,
-               first_line_of: dict[str, int], line: int) -> tuple[str, list[str], Any, str | None]:
-    """(id, sentences lowercased and stripped, label or None, problem or None) of a row whose
-    fields have the header's shape. A task without an id column takes the line number."""
+def _parse_row(row: list[str], pos: dict[str, int], task: Task, first_line_of: dict[str, int],
+               line: int) -> tuple[str, list[str], str | None]:
+    """(id, sentences lowercased and stripped, problem or None) of a row whose fields have the
+    header's shape (its label is read apart). A task without an id column takes the line
+    number."""
     ex_id = row[pos[task.id]].strip() if task.id else str(line)
     sents = [row[pos[c]].lower().strip() for c in task.text]
-    label = None
     if not ex_id:
-        return ex_id, sents, None, "the id is empty"
+        return ex_id, sents, "the id is empty"
     if (empty := [c for c, s in zip(task.text, sents) if not s]):
-        return ex_id, sents, None, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+        return ex_id, sents, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
     if ex_id in first_line_of:
-        return ex_id, sents, None, f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
-    if labeled:
-        label, problem = parse_label(task, row[pos[task.label]])
-        return ex_id, sents, label, problem
-    return ex_id, sents, None, None
+        return ex_id, sents, f"duplicate id {ex_id!r} (first on line {first_line_of[ex_id]})"
+    return ex_id, sents, None
 
 
 def _to_dataset(task: Task, labeled: bool, ids, texts, labels, lines) -> datasets.Dataset:
@@ -266,7 +263,7 @@ def _to_dataset(task: Task, labeled: bool, ids, texts, labels, lines) -> dataset
 def _delimiter(path: Path, task: Task) -> str:
     if task.delimiter:
         return task.delimiter
-    return "," if path.suffix.lower() == ".csv" and task.name not in BUILTINS else "\t"
+    return "," if path.suffix.lower() == ".csv" else "\t"  # the built-ins set their tab
 
 
 def load_split_with_report(path: str | os.PathLike, task: Task | str, *, labeled: bool = True,
@@ -290,13 +287,15 @@ def load_split_with_report(path: str | os.PathLike, task: Task | str, *, labeled
     first_line_of: dict[str, int] = {}
     for line, _, row, problem in records:
         problem = problem or _row_shape_problem(row, header)
+        label, label_problem = None, False
         if problem is None:
-            ex_id, sents, label, problem = _parse_row(row, pos, task, labeled, first_line_of,
-                                                      line)
-        if problem is not None:
+            ex_id, sents, problem = _parse_row(row, pos, task, first_line_of, line)
+        if problem is None and labeled:
+            label, problem = parse_label(task, row[pos[task.label]])
             # A user task's label outside its classes or range is a mistake in its definition
             # as often as in the row: it stops even where bad rows are skipped.
-            label_problem = task.name not in BUILTINS and problem.startswith(f"{task.label} ")
+            label_problem = problem is not None and task.name not in BUILTINS
+        if problem is not None:
             if not skip_bad_rows or label_problem:
                 hint = (_NOT_UTF8_HINT + " or pass skip_bad_rows=True (--skip-bad-rows)"
                         if problem.startswith("bytes") else SKIP_HINT)
