@@ -41,14 +41,6 @@ def data_error(path, line: int | None, problem: str, hint: str) -> DataError:
     return DataError(f"{where}: {problem}. {hint}")
 
 
-def is_pair_task(task: Task | str) -> bool:
-    return as_task(task).is_pair
-
-
-def check_task(task: Task | str) -> None:
-    as_task(task)
-
-
 def default_file(task: Task | str, split: str) -> str | None:
     """The file of `task`'s `split` ("train", "dev", "test"): a built-in's CS224N file name, a
     user task's path; None if there is none (para has no test file)."""

@@ -164,18 +164,6 @@ class MultitaskBert(nn.Module):
             return self._output(task, nn.relu(self.layers[f"{task.name}_hidden"](drop(x))))
         return self._output(task, drop(u if v is None else u - v))
 
-    def sst_logits(self, u, deterministic: bool = True) -> jax.Array:
-        """[B, D] -> [B, 5] sentiment logits."""
-        return self.head(self.heads.task("sst"), u, None, deterministic)
-
-    def para_logit(self, u, v, deterministic: bool = True) -> jax.Array:
-        """[B, D] x [B, D] -> [B] paraphrase logits (a bi-encoded paraphrase head)."""
-        return self.head(self.heads.task("para"), u, v, deterministic)
-
-    def sts_score(self, u, v, deterministic: bool = True) -> jax.Array:
-        """[B, D] x [B, D] -> [B] similarity on the 0..5 scale (a bi-encoded STS head)."""
-        return self.head(self.heads.task("sts"), u, v, deterministic)
-
     def __call__(self, inputs: PaddedInputs | PackedInputs, deterministic: bool = True):
         if not isinstance(inputs, (PaddedInputs, PackedInputs)):
             raise TypeError(f"MultitaskBert takes PaddedInputs or PackedInputs (a Batch's "
