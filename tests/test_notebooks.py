@@ -208,3 +208,26 @@ def test_quickstart_plots_every_task_and_points_to_your_own_tasks():
     assert last.cell_type == "markdown" and last.source.startswith("## 6. Your own tasks")
     assert 'README section "Your own tasks"' in " ".join(last.source.split())
     assert "\n## Your own tasks\n" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_report_notebook_warns_when_a_full_colab_run_would_lose_its_checkpoints(
+        monkeypatch, capsys):
+    """The Parameters cell on Colab with FULL: a run folder on the runtime's own disk (erased at a
+    disconnect) gets a warning saying how to put it on Drive; a folder under /content/drive, a
+    tiny run or a run outside Colab get none."""
+    import os
+    nb = nbformat.read(NOTEBOOKS / "reproduce_report.ipynb", as_version=4)
+    source = cell(nb, "# Parameters").source
+
+    def run(in_colab, full, out):
+        monkeypatch.setenv("BERT_JAX_NB_FULL", "1" if full else "0")
+        monkeypatch.setenv("BERT_JAX_NB_OUT", out)
+        exec(source, {"__name__": "cell", "os": os, "Path": Path, "IN_COLAB": in_colab})
+        return capsys.readouterr().out
+
+    warned = run(True, True, "checkpoints/report-full")
+    assert "WARNING: checkpoints/report-full is on this Colab runtime's own disk" in warned
+    assert "drive.mount('/content/drive')" in warned and "BERT_JAX_NB_OUT" in warned
+    assert "WARNING" not in run(True, True, "/content/drive/MyDrive/bert-jax-report")
+    assert "WARNING" not in run(True, False, "checkpoints/report-tiny")
+    assert "WARNING" not in run(False, True, "checkpoints/report-full")
